@@ -1,0 +1,927 @@
+"""peekaping-worker: runs Peekaping health checks from Asynq queues, as the Go worker does.
+
+This module is the loop: configuration, the Asynq server (processor, heartbeater, recoverer,
+forwarder, janitor, cancellation subscriber, graceful shutdown), the executor registry and the
+`monitor:healthcheck` handler. Redis-level details live in `asynq_protocol`; checks in `executors/`.
+Only the standard library is imported at start so `--version` and `--help` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+__version__ = "0.1.0"
+
+HEALTHCHECK_TASK = "monitor:healthcheck"
+INGEST_TASK = "monitor:ingest"
+DEFAULT_QUEUES = {"critical": 6, "healthcheck": 5, "default": 3, "low": 1}
+
+# Every monitor type name the Go registry knows (plus the seed's aliases) -> module, or None while
+# that executor is not built yet. Modules are imported on the first task of their type.
+EXECUTORS: dict[str, str | None] = {
+    "tcp": "executors.tcp",
+    "push": "executors.push",
+    "http": None, "https": None, "http-keyword": None, "http-json-query": None,
+    "ping": None, "icmp": None, "dns": None, "docker": None, "grpc-keyword": None, "grpc": None,
+    "snmp": None, "mongodb": None, "mysql": None, "postgres": None, "sqlserver": None, "redis": None,
+    "mqtt": None, "rabbitmq": None, "kafka-producer": None, "websocket": None,
+}
+
+log = logging.getLogger("peekaping.worker")
+
+
+# ==================================================================================================
+# Task handling primitives (the Python shapes of asynq's handler contract)
+
+class TaskError(Exception):
+    """A handler failure: the task is retried or archived with str(exc) as its error message."""
+
+
+class SkipRetry(TaskError):
+    """Archive at once, even with retries left."""
+
+
+class RevokeTask(TaskError):
+    """Drop the task as if it succeeded (no retry, no archive)."""
+
+
+@dataclass(slots=True)
+class Task:
+    type: str
+    payload: bytes
+    id: str
+    queue: str
+    retried: int
+    max_retry: int
+    deadline: float  # unix seconds; the handler must be done by then
+
+
+Handler = Callable[[Task], Awaitable[None]]
+
+
+# ==================================================================================================
+# Configuration
+
+class ConfigurationError(Exception):
+    """A setting with a bad value; the message names the setting."""
+
+
+@dataclass
+class Settings:
+    redis_url: str | None = None
+    redis_host: str = "redis"
+    redis_port: int = 6379
+    redis_password: str = ""
+    redis_db: int = 0
+    concurrency: int = 128
+    queues: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_QUEUES))
+    strict_priority: bool = True
+    shutdown_timeout: float = 8.0
+    mode: str = "dev"
+    log_level: str = "info"
+    tz: str = "UTC"
+    service_name: str = "peekaping:worker"
+    result_extensions: bool = False
+
+    def redis_target(self) -> str:
+        """Where Redis is, for logs: never includes the password."""
+        if self.redis_url:
+            return _redact_url(self.redis_url)
+        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
+              "error": logging.ERROR, "dpanic": logging.CRITICAL, "panic": logging.CRITICAL,
+              "fatal": logging.CRITICAL}
+
+
+def _redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    creds, _, host = rest.partition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user + ':' if user else ''}***@{host}"
+
+
+def _read_dotenv(path: str) -> dict[str, str]:
+    """The Go worker reads `../../.env` (KEY=VALUE, # comments, quotes stripped) before the environment."""
+    values: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line or line.startswith("#") or "=" not in line:
+                    continue
+                key, _, value = line.partition("=")
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                    value = value[1:-1]
+                values[key.strip()] = value
+    except OSError:
+        pass
+    return values
+
+
+def parse_queues(text: str) -> dict[str, int]:
+    queues: dict[str, int] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, prio = item.strip().rpartition(":")
+        if not sep or not name.strip():
+            raise ConfigurationError(f"--queues: expected name:priority, got {item.strip()!r}")
+        try:
+            priority = int(prio)
+        except ValueError:
+            raise ConfigurationError(f"--queues: priority of {name!r} must be an integer, got {prio!r}") from None
+        if priority <= 0:
+            raise ConfigurationError(f"--queues: priority of {name!r} must be at least 1")
+        queues[name.strip()] = priority
+    if not queues:
+        raise ConfigurationError("--queues: no queue given")
+    return queues
+
+
+def load_settings(env: dict[str, str], args: argparse.Namespace) -> Settings:
+    """Environment as the Go worker reads it, then command-line flags on top."""
+    merged = _read_dotenv(os.path.join("..", "..", ".env"))
+    merged.update({k: v for k, v in env.items() if v != ""})
+    s = Settings()
+
+    def integer(name: str, low: int, high: int | None, zero_is_unset: bool = False) -> int | None:
+        raw = merged.get(name)
+        if raw is None:
+            return None
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigurationError(f"{name}: must be an integer, got {raw!r}") from None
+        if zero_is_unset and value == 0:
+            return None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ConfigurationError(f"{name}: must be {bound}, got {value}")
+        return value
+
+    s.redis_host = merged.get("REDIS_HOST", s.redis_host)
+    s.redis_port = integer("REDIS_PORT", 1, 65535) or s.redis_port
+    s.redis_password = merged.get("REDIS_PASSWORD", "")
+    s.redis_db = integer("REDIS_DB", 0, 15) or 0
+    s.concurrency = integer("QUEUE_CONCURRENCY", 1, None, zero_is_unset=True) or s.concurrency
+    s.mode = merged.get("MODE", s.mode)
+    if s.mode not in ("dev", "prod", "test"):
+        raise ConfigurationError(f"MODE: must be one of dev, prod, test, got {s.mode!r}")
+    s.log_level = merged.get("LOG_LEVEL", s.log_level).lower()
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigurationError(f"LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
+    s.tz = merged.get("TZ", s.tz)
+    s.service_name = merged.get("SERVICE_NAME", s.service_name)
+
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise ConfigurationError(f"--concurrency: must be at least 1, got {args.concurrency}")
+        s.concurrency = args.concurrency
+    if args.redis_url:
+        if not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError("--redis-url: must start with redis://, rediss:// or unix://")
+        s.redis_url = args.redis_url
+    if args.queues:
+        s.queues = parse_queues(args.queues)
+    if args.strict_priority is not None:
+        s.strict_priority = args.strict_priority
+    if args.shutdown_timeout is not None:
+        if args.shutdown_timeout < 0:
+            raise ConfigurationError("--shutdown-timeout: must not be negative")
+        s.shutdown_timeout = args.shutdown_timeout
+    s.result_extensions = bool(getattr(args, "result_extensions", False))
+    return s
+
+
+# ==================================================================================================
+# Logging: readable lines in dev, one JSON object per line in prod
+
+class _JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"level": record.levelname.lower(), "ts": round(record.created, 6), "logger": record.name,
+                 "msg": record.getMessage(), "svc": self.service}
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class _DevFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        extra = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
+        line = f"{stamp} {record.levelname:<7} {record.getMessage()}" + (f"  {extra}" if extra else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter(settings.service_name) if settings.mode == "prod" else _DevFormatter())
+    root = logging.getLogger("peekaping")
+    root.handlers[:] = [handler]
+    root.setLevel(LOG_LEVELS[settings.log_level])
+    root.propagate = False
+
+
+def _fields(**kv: Any) -> dict:
+    return {"fields": kv}
+
+
+class _Throttle:
+    """Logs a repeating problem once per interval instead of once per attempt."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every, self.last = every, 0.0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            return True
+        return False
+
+
+# ==================================================================================================
+# The Asynq server
+
+@dataclass(eq=False)
+class _Job:
+    msg: Any
+    started: float
+    deadline: float
+    lease_expiry: float
+    interrupt: asyncio.Future  # resolves to "canceled", "lease_lost" or "abort"
+    runner: asyncio.Task | None = None
+
+
+def queue_order(queues: dict[str, int], strict: bool) -> list[str]:
+    """The order in which one dequeue tries the queues (asynq's strict and weighted selection)."""
+    names = list(queues)
+    if len(names) == 1:
+        return names
+    if strict:
+        return sorted(names, key=lambda q: -queues[q])
+    divisor = 0
+    for p in queues.values():
+        divisor = math.gcd(divisor, p)
+    pool = [q for q in names for _ in range(queues[q] // divisor)]
+    random.shuffle(pool)
+    order: list[str] = []
+    for q in pool:
+        if q not in order:
+            order.append(q)
+    return order
+
+
+class Server:
+    """An Asynq server: dequeues from the configured queues and runs the handler for each task type."""
+
+    HEARTBEAT_INTERVAL = 5.0
+    FORWARD_INTERVAL = 5.0
+    JANITOR_INTERVAL = 8.0
+    RECOVER_INTERVAL = 10.0
+    # A lease must have expired this long ago AND no live server may list the task before we take it.
+    RECOVER_SLACK = 5.0
+    IDLE_SLEEP = 1.0  # asynq TaskCheckInterval: sleep interval/2 + U[0, interval) when all queues are empty
+    FETCH_BATCH = 64
+
+    def __init__(self, redis: Any, handlers: dict[str, Handler], *, queues: dict[str, int] | None = None,
+                 concurrency: int = 128, strict_priority: bool = True, shutdown_timeout: float = 8.0) -> None:
+        from asynq_protocol import Broker
+
+        filtered = {q.strip(): p for q, p in (queues or {"default": 1}).items() if q.strip() and p > 0}
+        self.queues = filtered or {"default": 1}
+        self.redis = redis
+        self.broker = Broker(redis)
+        self.handlers = handlers
+        self.concurrency = concurrency if concurrency >= 1 else (os.cpu_count() or 1)
+        self.strict = strict_priority
+        self.shutdown_timeout = shutdown_timeout
+        self.host = socket.gethostname() or "unknown-host"
+        self.pid = os.getpid()
+        self.server_id = str(uuid.uuid4())
+        self.status = "active"
+        self.jobs: dict[str, _Job] = {}
+        self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._started_at = time.time()
+        self._names = list(self.queues)
+        self._strict_order = [self._names.index(q) for q in queue_order(self.queues, True)]
+        self._background: list[asyncio.Task] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until `stop()` is called, then shut down gracefully."""
+        await self._until_redis(self.broker.load_scripts, "load scripts")
+        self._started_at = time.time()
+        spawn = asyncio.get_running_loop().create_task
+        heartbeat = spawn(self._every(self.HEARTBEAT_INTERVAL, self._heartbeat, now=True), name="heartbeat")
+        helpers = [
+            spawn(self._subscriber(), name="subscriber"),
+            spawn(self._every(self.RECOVER_INTERVAL, self._recover, now=True), name="recoverer"),
+            spawn(self._every(self.FORWARD_INTERVAL, self._forward), name="forwarder"),
+            spawn(self._every(self.JANITOR_INTERVAL, self._janitor), name="janitor"),
+        ]
+        processor = spawn(self._process(), name="processor")
+        log.info("worker started", extra=_fields(server_id=self.server_id, queues=self.queues,
+                                                   concurrency=self.concurrency, strict=self.strict))
+        await self._stop.wait()
+
+        self.status = "closed"
+        log.info("shutting down", extra=_fields(in_flight=len(self.jobs), timeout_s=self.shutdown_timeout))
+        await _cancel(helpers[2])  # forwarder
+        await _cancel(processor)
+        await self._drain()
+        for task in helpers:
+            await _cancel(task)
+        await _cancel(heartbeat)
+        try:
+            await asyncio.wait_for(self.broker.clear_server_state(self.host, self.pid, self.server_id), 5)
+        except Exception as exc:  # Redis gone: the keys expire within 10 s anyway
+            log.warning("could not clear server state", extra=_fields(error=str(exc)))
+        await self.broker.close()
+        log.info("worker stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _drain(self) -> None:
+        """Let in-flight tasks finish within the shutdown timeout, then requeue the rest."""
+        deadline = time.monotonic() + self.shutdown_timeout
+        while self.jobs and time.monotonic() < deadline:
+            self._slot_freed.clear()
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                break
+        runners = [job.runner for job in self.jobs.values() if job.runner]
+        for job in list(self.jobs.values()):
+            if not job.interrupt.done():
+                job.interrupt.set_result("abort")
+        if runners:
+            await asyncio.wait(runners, timeout=10)
+
+    # --- processor ---------------------------------------------------------------------------------
+    def _orders(self, n: int) -> list[list[int]]:
+        if self.strict or len(self._names) == 1:
+            return [self._strict_order] * n
+        return [[self._names.index(q) for q in queue_order(self.queues, False)] for _ in range(n)]
+
+    async def _process(self) -> None:
+        from redis.exceptions import RedisError
+
+        throttle, backoff = _Throttle(), 0.1
+        while True:
+            free = self.concurrency - len(self.jobs)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                messages = await self.broker.dequeue(self._names, self._orders(min(free, self.FETCH_BATCH)))
+                backoff = 0.1
+            except (RedisError, OSError) as exc:
+                if throttle.ready():
+                    log.warning("dequeue failed; retrying", extra=_fields(error=str(exc)))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if not messages:
+                await asyncio.sleep(self.IDLE_SLEEP / 2 + random.random() * self.IDLE_SLEEP)
+                continue
+            now = time.time()
+            for msg in messages:
+                self._start(msg, now)
+
+    def _start(self, msg: Any, dequeued_at: float) -> None:
+        from asynq_protocol import DEFAULT_TIMEOUT_SECONDS, LEASE_SECONDS
+
+        if msg.timeout == 0 and msg.deadline == 0:
+            deadline = dequeued_at + DEFAULT_TIMEOUT_SECONDS
+        elif msg.timeout and msg.deadline:
+            deadline = float(min(int(dequeued_at) + msg.timeout, msg.deadline))
+        elif msg.timeout:
+            deadline = dequeued_at + msg.timeout
+        else:
+            deadline = float(msg.deadline)
+        loop = asyncio.get_running_loop()
+        job = _Job(msg, dequeued_at, deadline, dequeued_at + LEASE_SECONDS, loop.create_future())
+        self.jobs[msg.id] = job
+        job.runner = loop.create_task(self._run(job))
+
+    async def _run(self, job: _Job) -> None:
+        try:
+            await self._execute(job)
+        except Exception:
+            log.exception("task runner failed", extra=_fields(task_id=job.msg.id))
+        finally:
+            self.jobs.pop(job.msg.id, None)
+            self._slot_freed.set()
+
+    async def _execute(self, job: _Job) -> None:
+        msg = job.msg
+        if time.time() >= job.deadline:
+            return await self._failed(job, TaskError("context deadline exceeded"))
+        handler = self.handlers.get(msg.type)
+        if handler is None:
+            return await self._failed(job, TaskError(f'handler not found for task "{msg.type}"'))
+        task = Task(msg.type, msg.payload, msg.id, msg.queue, msg.retried, msg.retry, job.deadline)
+        call = asyncio.get_running_loop().create_task(_guarded(handler, task))
+        done, _ = await asyncio.wait({call, job.interrupt}, timeout=max(0.0, job.deadline - time.time()),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if call in done:
+            error = call.result()
+            if error is None:
+                return await self._succeeded(job)
+            return await self._failed(job, error)
+        call.cancel()
+        reason = job.interrupt.result() if job.interrupt.done() else "deadline"
+        if reason == "abort":
+            if job.lease_expiry >= time.time():
+                await self._write(job, lambda: self.broker.requeue(msg), "requeue")
+            return
+        if reason == "lease_lost":
+            log.warning("task lease lost; leaving it to the recoverer", extra=_fields(task_id=msg.id))
+            return
+        text = "context canceled" if reason == "canceled" else "context deadline exceeded"
+        await self._failed(job, TaskError(text))
+
+    async def _succeeded(self, job: _Job) -> None:
+        msg = job.msg
+        if msg.retention > 0:
+            await self._write(job, lambda: self.broker.mark_complete(msg), "mark complete")
+        else:
+            await self._write(job, lambda: self.broker.done(msg), "done")
+
+    async def _failed(self, job: _Job, error: Exception) -> None:
+        from asynq_protocol import retry_delay_seconds
+
+        msg, text = job.msg, str(error)
+        log.error("task failed", extra=_fields(type=msg.type, task_id=msg.id, queue=msg.queue, error=text))
+        if job.lease_expiry < time.time() or (job.interrupt.done() and job.interrupt.result() == "lease_lost"):
+            return  # lease lost: the recoverer of some server owns this task now
+        if isinstance(error, RevokeTask):
+            await self._write(job, lambda: self.broker.done(msg), "done")
+        elif msg.retried >= msg.retry or isinstance(error, SkipRetry):
+            await self._write(job, lambda: self.broker.archive(msg, text), "archive")
+        else:
+            retry_at = time.time() + retry_delay_seconds(msg.retried)
+            await self._write(job, lambda: self.broker.retry(msg, text, retry_at), "retry")
+
+    async def _write(self, job: _Job, op: Callable[[], Awaitable[Any]], what: str) -> None:
+        """Run a completion write while the lease is valid, retrying connection errors (asynq's syncer)."""
+        from asynq_protocol import BrokerError
+        from redis.exceptions import RedisError
+
+        delay = 0.2
+        while True:
+            remaining = job.lease_expiry - time.time()
+            if remaining <= 0:
+                log.warning(f"{what} not written before the lease expired; the recoverer will handle it",
+                            extra=_fields(task_id=job.msg.id))
+                return
+            try:
+                await asyncio.wait_for(op(), remaining)
+                return
+            except BrokerError as exc:  # NOT FOUND: another server recovered the task meanwhile
+                log.warning(f"{what} refused by broker", extra=_fields(task_id=job.msg.id, error=str(exc)))
+                return
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                log.warning(f"{what} failed; retrying", extra=_fields(task_id=job.msg.id, error=str(exc)))
+                await asyncio.sleep(min(delay, max(0.0, job.lease_expiry - time.time())))
+                delay = min(delay * 2, 2.0)
+
+    # --- heartbeat, leases -------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        from asynq_protocol import ServerInfo, WorkerInfo, set_timestamp
+
+        now = time.time()
+        info = ServerInfo(host=self.host, pid=self.pid, server_id=self.server_id, concurrency=self.concurrency,
+                          queues=self.queues, strict_priority=self.strict, status=self.status,
+                          active_worker_count=len(self.jobs))
+        set_timestamp(info.start_time, self._started_at)
+        workers, extend = [], {}
+        for job in list(self.jobs.values()):
+            msg = job.msg
+            w = WorkerInfo(host=self.host, pid=self.pid, server_id=self.server_id, task_id=msg.id,
+                           task_type=msg.type, task_payload=msg.payload, queue=msg.queue)
+            set_timestamp(w.start_time, job.started)
+            set_timestamp(w.deadline, job.deadline)
+            workers.append(w)
+            if job.lease_expiry >= now:
+                extend.setdefault(msg.queue, []).append(job)
+            elif not job.interrupt.done():
+                job.interrupt.set_result("lease_lost")
+        await self.broker.write_server_state(info, workers)
+        for queue, jobs in extend.items():
+            expiry = await self.broker.extend_leases(queue, [j.msg.id for j in jobs])
+            for job in jobs:
+                job.lease_expiry = expiry
+
+    # --- recoverer, forwarder, janitor -------------------------------------------------------------
+    async def _recover(self) -> None:
+        from asynq_protocol import retry_delay_seconds
+
+        live: set[str] | None = None
+        for queue in self.queues:
+            expired = await self.broker.list_lease_expired(queue, time.time() - self.RECOVER_SLACK)
+            if expired and live is None:
+                live = await self.broker.live_worker_task_ids()
+            for msg in expired:
+                if msg.id in live or msg.id in self.jobs:
+                    continue
+                text = "asynq: task lease expired"
+                if msg.retried >= msg.retry:
+                    future = self.broker.archive(msg, text)
+                else:
+                    future = self.broker.retry(msg, text, time.time() + retry_delay_seconds(msg.retried))
+                try:
+                    await future
+                    log.warning("recovered task with expired lease", extra=_fields(task_id=msg.id, queue=queue))
+                except Exception as exc:  # NOT FOUND: another server won the race
+                    log.debug("recovery skipped", extra=_fields(task_id=msg.id, error=str(exc)))
+            await self.broker.reclaim_stale_aggregation_sets(queue)
+
+    async def _forward(self) -> None:
+        for queue in self.queues:
+            await self.broker.forward(queue)
+
+    async def _janitor(self) -> None:
+        for queue in self.queues:
+            await self.broker.delete_expired_completed(queue)
+
+    async def _every(self, interval: float, action: Callable[[], Awaitable[None]], now: bool = False) -> None:
+        throttle = _Throttle()
+        if not now:
+            await asyncio.sleep(interval)
+        while True:
+            try:
+                await action()
+            except Exception as exc:
+                if throttle.ready():
+                    log.warning(f"{action.__name__.strip('_')} failed", extra=_fields(error=str(exc)))
+            await asyncio.sleep(interval)
+
+    async def _until_redis(self, action: Callable[[], Awaitable[Any]], what: str) -> Any:
+        delay, throttle = 0.2, _Throttle()
+        while True:
+            try:
+                return await action()
+            except Exception as exc:
+                if throttle.ready():
+                    log.warning(f"cannot {what}: Redis unreachable; retrying", extra=_fields(error=str(exc)))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # --- cancellation ------------------------------------------------------------------------------
+    async def _subscriber(self) -> None:
+        from asynq_protocol import CANCEL_CHANNEL
+
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(CANCEL_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    data = message["data"]
+                    job = self.jobs.get(data.decode() if isinstance(data, bytes) else str(data))
+                    if job and not job.interrupt.done():
+                        job.interrupt.set_result("canceled")
+            except asyncio.CancelledError:
+                await _quietly(pubsub.aclose())
+                raise
+            except Exception as exc:
+                log.debug("cancel subscription lost; resubscribing", extra=_fields(error=str(exc)))
+            await _quietly(pubsub.aclose())
+            await asyncio.sleep(1.0)
+
+
+async def _guarded(handler: Handler, task: Task) -> Exception | None:
+    """Run a handler; return None on success or the error (an unexpected one in Go's panic shape)."""
+    try:
+        await handler(task)
+        return None
+    except TaskError as exc:
+        return exc
+    except Exception as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" [{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}]" if frames else ""
+        return TaskError(f"panic error cause by: panic{where}: {type(exc).__name__}: {exc}")
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+
+
+async def _quietly(aw: Awaitable[Any]) -> None:
+    try:
+        await aw
+    except Exception:
+        pass
+
+
+# ==================================================================================================
+# Executors and the monitor:healthcheck handler
+
+_loaded: dict[str, Any] = {}
+
+
+def load_executor(monitor_type: str) -> Any:
+    """The executor module for a type, imported on first use; TaskError when there is none."""
+    if monitor_type not in EXECUTORS:
+        raise TaskError(f"executor not found for monitor type: {monitor_type}")
+    path = EXECUTORS[monitor_type]
+    if path is None:
+        raise TaskError(f'monitor type "{monitor_type}" is not supported by this worker yet')
+    module = _loaded.get(path)
+    if module is None:
+        module = _loaded[path] = importlib.import_module(path)
+    return module
+
+
+PAYLOAD_SCHEMA = {"monitor_id": str, "monitor_name": str, "monitor_type": str, "interval": int, "timeout": int,
+                  "max_retries": int, "retry_interval": int, "resend_interval": int, "config": str,
+                  "proxy": dict, "last_heartbeat": dict, "scheduled_at": str, "is_under_maintenance": bool,
+                  "check_cert_expiry": bool}
+PROXY_SCHEMA = {"id": str, "protocol": str, "host": str, "port": int, "auth": bool, "username": str,
+                "password": str}
+HEARTBEAT_SCHEMA = {"id": str, "monitor_id": str, "status": int, "msg": str, "ping": int, "duration": int,
+                    "down_count": int, "retries": int, "important": bool, "time": str, "end_time": str,
+                    "notified": bool}
+
+
+def decode_payload(data: bytes) -> dict[str, Any]:
+    """Lenient Go-style decoding of the health-check payload; ValueError on bad JSON or types."""
+    from executors import decode_struct, parse_rfc3339
+
+    p = decode_struct(data, PAYLOAD_SCHEMA, "worker.HealthCheckTaskPayload", strict=False)
+    if p["proxy"] is not None:
+        p["proxy"] = decode_struct(p["proxy"], PROXY_SCHEMA, "worker.ProxyPayload", strict=False, parsed=True)
+    if p["last_heartbeat"] is not None:
+        p["last_heartbeat"] = decode_struct(p["last_heartbeat"], HEARTBEAT_SCHEMA, "worker.HeartbeatPayload",
+                                            strict=False, parsed=True)
+    # A missing scheduled_at is Go's zero time (year 1): always stale.
+    p["scheduled_at"] = parse_rfc3339(p["scheduled_at"]) if p["scheduled_at"] else -62135596800.0
+    return p
+
+
+def check_margin(timeout: float) -> float:
+    """Time kept back from the task deadline to enqueue the result and acknowledge the task."""
+    return min(1.0, max(0.5, timeout * 0.05))
+
+
+async def run_check(monitor: Any, proxy: dict | None, budget: float) -> Any:
+    """Run one executor under a hard budget; config errors and overruns become DOWN results."""
+    from executors import DOWN, ConfigError, Result, instant
+
+    module = load_executor(monitor.type)
+    start = time.time_ns()
+    try:
+        return await asyncio.wait_for(module.check(monitor, proxy, budget), max(budget, 0.0) + 0.1)
+    except ConfigError as exc:
+        return instant(DOWN, str(exc))
+    except asyncio.TimeoutError:
+        return Result(DOWN, f"{monitor.type} check timed out after {budget:.3g}s: context deadline exceeded",
+                      start, time.time_ns())
+
+
+def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False) -> bytes:
+    from executors import format_rfc3339
+
+    body: dict[str, Any] = {
+        "monitor_id": p["monitor_id"], "monitor_name": p["monitor_name"], "monitor_type": p["monitor_type"],
+        "monitor_interval": p["interval"], "monitor_timeout": p["timeout"],
+        "monitor_max_retries": p["max_retries"], "monitor_retry_interval": p["retry_interval"],
+        "monitor_resend_interval": p["resend_interval"], "monitor_config": p["config"],
+        "status": result.status, "message": result.message, "ping_ms": result.ping_ms,
+        "start_time": format_rfc3339(result.start_ns), "end_time": format_rfc3339(result.end_ns),
+        "is_under_maintenance": result.status == 3,
+    }
+    if result.tls_info is not None:
+        body["tls_info"] = result.tls_info
+    body["check_cert_expiry"] = p["check_cert_expiry"]
+    if extensions and result.timings:
+        body["timings"] = result.timings
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+def healthcheck_handler(client: Any, extensions: bool = False) -> Handler:
+    """The `monitor:healthcheck` handler (Peekaping's worker handler, spec section 3)."""
+    from executors import MAINTENANCE, Monitor, instant
+
+    async def handle(task: Task) -> None:
+        try:
+            p = decode_payload(task.payload)
+        except ValueError as exc:
+            raise TaskError(f"failed to unmarshal payload: {exc}") from None
+        if time.time() - p["scheduled_at"] > p["interval"] * 1.5:
+            log.warning("Skipping stale health check task", extra=_fields(monitor_id=p["monitor_id"]))
+            return
+        monitor = Monitor(p["monitor_id"], p["monitor_name"], p["monitor_type"], p["interval"], p["timeout"],
+                          p["max_retries"], p["retry_interval"], p["resend_interval"], p["config"],
+                          p["last_heartbeat"])
+        if p["is_under_maintenance"]:
+            result = instant(MAINTENANCE, "Monitor under maintenance")
+        else:
+            load_executor(monitor.type)  # unknown or unbuilt type: fail before any work
+            budget = min(float(monitor.timeout), task.deadline - time.time() - check_margin(monitor.timeout))
+            result = await run_check(monitor, p["proxy"], budget)
+            if result is None:
+                log.debug("Executor returned nil - no heartbeat needed", extra=_fields(monitor_id=monitor.id))
+                return
+        try:
+            await client.enqueue(INGEST_TASK, ingest_payload(p, result, extensions), queue="ingester",
+                                 max_retry=3, timeout=120, retention=3600, unique_ttl=1,
+                                 task_id=f"ingest:{monitor.id}:{result.start_ns}")
+        except Exception as exc:
+            raise TaskError(f"failed to enqueue ingester task: {exc}") from None
+        log.info("Successfully enqueued result to ingester",
+                 extra=_fields(monitor_id=monitor.id, status=result.status, ping_ms=result.ping_ms))
+
+    return handle
+
+
+# ==================================================================================================
+# Entry points
+
+def redis_client(settings: Settings) -> Any:
+    import redis.asyncio as aioredis
+
+    size = max(16, min(settings.concurrency, 64))
+    common = dict(max_connections=size, timeout=None, protocol=2, health_check_interval=15,
+                  socket_connect_timeout=5, socket_keepalive=True)
+    if settings.redis_url:
+        pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, **common)
+    else:
+        pool = aioredis.BlockingConnectionPool(host=settings.redis_host, port=settings.redis_port,
+                                               password=settings.redis_password or None, db=settings.redis_db,
+                                               **common)
+    return aioredis.Redis(connection_pool=pool)
+
+
+async def serve(settings: Settings) -> None:
+    from asynq_protocol import Client
+
+    redis = redis_client(settings)
+    server = Server(redis, {}, queues=settings.queues, concurrency=settings.concurrency,
+                    strict_priority=settings.strict_priority, shutdown_timeout=settings.shutdown_timeout)
+    server.handlers[HEALTHCHECK_TASK] = healthcheck_handler(Client(server.broker), settings.result_extensions)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stop)
+    log.info("connecting to Redis", extra=_fields(redis=settings.redis_target(), version=__version__))
+    try:
+        await server.run()
+    finally:
+        await redis.aclose()
+
+
+def _event_loop_runner() -> Callable[[Awaitable[Any]], Any]:
+    try:
+        import uvloop
+        return uvloop.run
+    except ImportError:
+        return asyncio.run
+
+
+async def _check_once(monitor_type: str, config: str, timeout: float) -> Any:
+    from executors import Monitor
+
+    monitor = Monitor(id="local", name="local check", type=monitor_type, interval=60, timeout=int(math.ceil(timeout)),
+                      config=config)
+    module = load_executor(monitor_type)
+    return await asyncio.wait_for(module.check(monitor, None, timeout), timeout + 0.1)
+
+
+def check_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="peekaping-worker check",
+                                     description="Run one check locally (no Redis) and print the result.")
+    parser.add_argument("type", help="monitor type, e.g. tcp")
+    parser.add_argument("config", help="the monitor's config as a JSON string")
+    parser.add_argument("--timeout", type=float, default=16.0, help="seconds (default 16)")
+    parser.add_argument("--json", action="store_true", help="print the ingest fields as JSON")
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        print("peekaping-worker check: --timeout must be positive", file=sys.stderr)
+        return 2
+    from executors import ConfigError, format_rfc3339
+
+    try:
+        result = _event_loop_runner()(_check_once(args.type, args.config, args.timeout))
+    except ConfigError as exc:
+        print(f"peekaping-worker check: {exc}", file=sys.stderr)
+        return 2
+    except TaskError as exc:
+        print(f"peekaping-worker check: {exc}", file=sys.stderr)
+        return 2
+    except asyncio.TimeoutError:
+        print(f"DOWN  check timed out after {args.timeout:g}s")
+        return 1
+    if result is None:
+        print("nothing to report (the executor returned no result)")
+        return 0
+    if args.json:
+        out: dict[str, Any] = {"status": result.status, "message": result.message, "ping_ms": result.ping_ms,
+                               "start_time": format_rfc3339(result.start_ns),
+                               "end_time": format_rfc3339(result.end_ns)}
+        if result.tls_info is not None:
+            out["tls_info"] = result.tls_info
+        if result.timings:
+            out["timings"] = result.timings
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        name = {0: "DOWN", 1: "UP", 2: "PENDING", 3: "MAINTENANCE"}.get(result.status, str(result.status))
+        print(f"{name}  {result.message}  ({result.ping_ms} ms)")
+    return 0 if result.status in (1, 3) else 1
+
+
+def version_text() -> str:
+    built = sorted(t for t, path in EXECUTORS.items() if path)
+    coming = sorted(t for t, path in EXECUTORS.items() if not path)
+    return (f"peekaping-worker {__version__} (Python {sys.version.split()[0]})\n"
+            f"executors: {', '.join(built)}\n"
+            f"not yet supported: {', '.join(coming)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peekaping-worker",
+        description="Peekaping health-check worker speaking the Asynq protocol. "
+                    "`peekaping-worker check TYPE CONFIG` runs one check locally.",
+        epilog="Environment: REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB, QUEUE_CONCURRENCY, MODE, "
+               "LOG_LEVEL, TZ, SERVICE_NAME. Flags override the environment.")
+    parser.add_argument("--version", action="store_true", help="print version and executors, then exit")
+    parser.add_argument("--concurrency", type=int, help="checks run at once (env QUEUE_CONCURRENCY, default 128)")
+    parser.add_argument("--redis-url", help="redis://[user:pass@]host:port/db, rediss:// (TLS) or unix://path")
+    parser.add_argument("--queues", help="name:priority,... (default critical:6,healthcheck:5,default:3,low:1)")
+    parser.add_argument("--strict-priority", dest="strict_priority", action="store_true", default=None,
+                        help="serve a lower queue only while higher ones are empty (default)")
+    parser.add_argument("--no-strict-priority", dest="strict_priority", action="store_false",
+                        help="weighted queue selection instead")
+    parser.add_argument("--shutdown-timeout", type=float, help="seconds to let checks finish on SIGTERM (default 8)")
+    parser.add_argument("--result-extensions", action="store_true",
+                        help="add extra fields (phase timings) to ingest payloads; the Go ingester ignores them")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "check":
+        return check_command(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.version:
+        print(version_text())
+        return 0
+    try:
+        settings = load_settings(dict(os.environ), args)
+    except ConfigurationError as exc:
+        print(f"peekaping-worker: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    os.environ["TZ"] = settings.tz
+    if hasattr(time, "tzset"):
+        time.tzset()
+    setup_logging(settings)
+    try:
+        _event_loop_runner()(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
