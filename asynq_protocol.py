@@ -694,8 +694,11 @@ class Client:
         # SADD and the script travel in one pipeline: two commands, one round trip.
         sadd = self.broker.submit("SADD", [ALL_QUEUES, msg.queue], [])
         result = self.broker.submit(*call)
-        await sadd
-        reply = await result
+        await asyncio.wait((sadd, result))
+        error = sadd.exception() or result.exception()  # retrieve both, so neither is reported as lost
+        if error is not None:
+            raise error
+        reply = result.result()
         if reply == -1:
             raise TaskAlreadyExists()
         if reply == 0:

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-__version__ = "0.1.0"
+from executors import VERSION as __version__
 
 HEALTHCHECK_TASK = "monitor:healthcheck"
 INGEST_TASK = "monitor:ingest"
@@ -338,7 +338,9 @@ class Server:
     # --- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
         """Serve until `stop()` is called, then shut down gracefully."""
-        await self._until_redis(self.broker.load_scripts, "load scripts")
+        if not await self._until_redis(self.broker.load_scripts, "load scripts"):
+            log.info("stopped before Redis became reachable")
+            return
         self._started_at = time.time()
         spawn = asyncio.get_running_loop().create_task
         heartbeat = spawn(self._every(self.HEARTBEAT_INTERVAL, self._heartbeat, now=True), name="heartbeat")
@@ -588,16 +590,22 @@ class Server:
                     log.warning(f"{action.__name__.strip('_')} failed", extra=_fields(error=str(exc)))
             await asyncio.sleep(interval)
 
-    async def _until_redis(self, action: Callable[[], Awaitable[Any]], what: str) -> Any:
+    async def _until_redis(self, action: Callable[[], Awaitable[Any]], what: str) -> bool:
+        """Retry `action` with backoff until it succeeds (True) or a stop is requested (False)."""
         delay, throttle = 0.2, _Throttle()
-        while True:
+        while not self._stop.is_set():
             try:
-                return await action()
+                await action()
+                return True
             except Exception as exc:
                 if throttle.ready():
                     log.warning(f"cannot {what}: Redis unreachable; retrying", extra=_fields(error=str(exc)))
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
                 delay = min(delay * 2, 5.0)
+        return False
 
     # --- cancellation ------------------------------------------------------------------------------
     async def _subscriber(self) -> None:

@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
+VERSION = "0.1.0"  # the worker's version, also sent in User-Agent headers
+
 DOWN, UP, PENDING, MAINTENANCE = 0, 1, 2, 3
 
 
