@@ -620,6 +620,44 @@ class Broker:
         return ids
 
 
+# --------------------------------------------------------------------------------------------------
+# Connections
+
+def connect(url: str | None = None, *, max_connections: int = 32, **options: Any) -> Any:
+    """A redis.asyncio client over a blocking pool (waits for a free connection instead of failing).
+
+    Commands are serialised with hiredis when it is installed: redis-py's asyncio connections pack in
+    pure Python, which was ~40% of the worker's CPU per task in profiles.
+    """
+    import redis.asyncio as aioredis
+
+    common = dict(max_connections=max_connections, timeout=None, protocol=2, **options)
+    if url:
+        pool = aioredis.BlockingConnectionPool.from_url(url, **common)
+    else:
+        pool = aioredis.BlockingConnectionPool(**common)
+    pool.connection_class = _fast_connection_class(pool.connection_class)
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _fast_connection_class(base: type) -> type:
+    try:
+        import hiredis
+    except ImportError:
+        return base
+    if not hasattr(hiredis, "pack_command"):
+        return base
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        return [hiredis.pack_command(tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args))]
+
+    return type(f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command})
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -695,9 +733,9 @@ class Client:
         sadd = self.broker.submit("SADD", [ALL_QUEUES, msg.queue], [])
         result = self.broker.submit(*call)
         await asyncio.wait((sadd, result))
-        error = sadd.exception() or result.exception()  # retrieve both, so neither is reported as lost
-        if error is not None:
-            raise error
+        errors = [sadd.exception(), result.exception()]  # retrieve both, so neither is reported as lost
+        if errors[0] or errors[1]:
+            raise errors[0] or errors[1]
         reply = result.result()
         if reply == -1:
             raise TaskAlreadyExists()

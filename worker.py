@@ -716,7 +716,8 @@ async def run_check(monitor: Any, proxy: dict | None, budget: float) -> Any:
     module = load_executor(monitor.type)
     start = time.time_ns()
     try:
-        return await asyncio.wait_for(module.check(monitor, proxy, budget), max(budget, 0.0) + 0.1)
+        async with asyncio.timeout(max(budget, 0.0) + 0.1):
+            return await module.check(monitor, proxy, budget)
     except ConfigError as exc:
         return instant(DOWN, str(exc))
     except asyncio.TimeoutError:
@@ -784,18 +785,17 @@ def healthcheck_handler(client: Any, extensions: bool = False) -> Handler:
 # Entry points
 
 def redis_client(settings: Settings) -> Any:
-    import redis.asyncio as aioredis
+    from asynq_protocol import connect
 
-    size = max(16, min(settings.concurrency, 64))
-    common = dict(max_connections=size, timeout=None, protocol=2, health_check_interval=15,
-                  socket_connect_timeout=5, socket_keepalive=True)
+    options: dict[str, Any] = dict(max_connections=max(16, min(settings.concurrency, 64)), health_check_interval=15,
+                                   socket_connect_timeout=5)
     if settings.redis_url:
-        pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, **common)
-    else:
-        pool = aioredis.BlockingConnectionPool(host=settings.redis_host, port=settings.redis_port,
-                                               password=settings.redis_password or None, db=settings.redis_db,
-                                               **common)
-    return aioredis.Redis(connection_pool=pool)
+        if not settings.redis_url.startswith("unix://"):
+            options["socket_keepalive"] = True
+        return connect(settings.redis_url, **options)
+    options["socket_keepalive"] = True
+    return connect(host=settings.redis_host, port=settings.redis_port, password=settings.redis_password or None,
+                   db=settings.redis_db, **options)
 
 
 async def serve(settings: Settings) -> None:

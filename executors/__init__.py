@@ -7,6 +7,7 @@ the caller turns that into the DOWN result Go reports.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -96,7 +97,7 @@ def decode_struct(document: str | bytes | Any, schema: dict[str, type], struct: 
         return out
     if not isinstance(value, dict):
         raise ValueError(f"json: cannot unmarshal {_json_kind(value).split()[0]} into Go value of type {struct}")
-    folded = {name.lower(): name for name in schema}
+    folded = _folded(tuple(schema))
     for key, item in value.items():
         name = key if key in schema else folded.get(key.lower())
         if name is None:
@@ -109,20 +110,27 @@ def decode_struct(document: str | bytes | Any, schema: dict[str, type], struct: 
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _folded(names: tuple[str, ...]) -> dict[str, str]:
+    return {name.lower(): name for name in names}
+
+
 def _zero(kind: type) -> Any:
     return {str: "", int: 0, float: 0.0, bool: False, list: [], dict: None}[kind]
 
 
+_ACCEPTS = {
+    str: lambda v: type(v) is str,
+    int: lambda v: type(v) is int,
+    float: lambda v: type(v) in (int, float),
+    bool: lambda v: type(v) is bool,
+    list: lambda v: type(v) is list and all(type(x) is str or x is None for x in v),
+    dict: lambda v: type(v) is dict,
+}
+
+
 def _convert(item: Any, kind: type, where: str) -> Any:
-    ok = {
-        str: isinstance(item, str),
-        int: isinstance(item, int) and not isinstance(item, bool),
-        float: isinstance(item, (int, float)) and not isinstance(item, bool),
-        bool: isinstance(item, bool),
-        list: isinstance(item, list) and all(isinstance(x, str) or x is None for x in item),
-        dict: isinstance(item, dict),
-    }[kind]
-    if not ok:
+    if not _ACCEPTS[kind](item):
         raise ValueError(f"json: cannot unmarshal {_json_kind(item)} into Go struct field {where} "
                          f"of type {_GO_TYPES[kind]}")
     if kind is list:

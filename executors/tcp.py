@@ -17,7 +17,8 @@ async def check(monitor: Monitor, proxy: dict | None, budget: float) -> Result:
     host, port = cfg["host"], cfg["port"]
     start = time.time_ns()
     try:
-        await asyncio.wait_for(_dial(host, port), timeout=max(budget, 0.001))
+        async with asyncio.timeout(max(budget, 0.001)):
+            await _dial(host, port)
     except _DialError as exc:
         return Result(DOWN, f"TCP connection failed: {exc}", start, time.time_ns())
     except (asyncio.TimeoutError, TimeoutError):
@@ -35,10 +36,12 @@ async def _dial(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     if not 0 <= port <= 65535:
         raise _DialError(f"dial tcp: address {port}: invalid port")
-    try:
-        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise _DialError(f"dial tcp: lookup {host}{_resolver_suffix()}: no such host") from None
+    infos = _literal_address(host, port)
+    if infos is None:  # a name: resolve it (in a thread, as the system resolver blocks)
+        try:
+            infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            raise _DialError(f"dial tcp: lookup {host}{_resolver_suffix()}: no such host") from None
     last: Exception | None = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
@@ -52,6 +55,18 @@ async def _dial(host: str, port: int) -> None:
         finally:
             sock.close()
     raise last or _DialError(f"dial tcp: lookup {host}: no such host")
+
+
+def _literal_address(host: str, port: int) -> list | None:
+    """getaddrinfo's answer for an IP literal, computed without the resolver thread pool."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        address = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
+    return None
 
 
 def _join(host: str, port: int) -> str:

@@ -204,3 +204,49 @@ def test_dev_mode_logs_are_readable_lines(closed_port):
     code, err = stop(proc)
     first = err.splitlines()[0]
     assert code == 0 and "INFO" in first and "connecting to Redis" in first and not first.startswith("{")
+
+
+def test_start_path_imports_no_third_party_and_executors_load_on_demand():
+    code = ("import sys, worker\n"
+            "assert not {'redis', 'google.protobuf', 'asynq_protocol'} & set(sys.modules), sorted(sys.modules)\n"
+            "worker.load_executor('tcp')\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith('executors.'))\n"
+            "assert loaded == ['executors.tcp'], loaded\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+
+
+async def test_unix_socket_redis_url_works(tmp_path, open_port):
+    import shutil
+
+    import redis.asyncio as aioredis
+
+    sock = tmp_path / "redis.sock"
+    server = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--unixsocket", str(sock), "--save", "",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        redis = aioredis.Redis(unix_socket_path=str(sock), db=3, protocol=2)
+        await wait_until(lambda: _ping(redis), 10)
+        client = aq.Client(aq.Broker(redis))
+        await enqueue_healthcheck(client, healthcheck_payload("tcp", {"host": "127.0.0.1", "port": open_port}))
+        proc = start_worker(f"unix://{sock}?db=3")
+        try:
+            await wait_until(lambda: redis.exists("asynq:{ingester}:pending"), 10)
+        except AssertionError:
+            raise AssertionError(stop(proc)[1])
+        code, err = stop(proc)
+        assert code == 0, err
+        [(_, result)] = await ingest_tasks(redis)
+        assert result["status"] == 1
+        await client.broker.close()
+        await redis.aclose()
+    finally:
+        server.terminate()
+        server.wait()
+
+
+async def _ping(redis) -> bool:
+    try:
+        return await redis.ping()
+    except Exception:
+        return False
