@@ -152,6 +152,13 @@ async def test_unknown_or_unbuilt_type_is_archived_and_worker_goes_on(redis, cli
     assert [r["status"] for _, r in await ingest_tasks(redis)] == [1]
 
 
+async def test_payload_missing_type_and_config_is_archived_with_readable_error(redis, client):
+    fresh = format_rfc3339(time.time_ns())
+    await process(redis, client, [json.dumps({"monitor_id": "m", "interval": 60, "scheduled_at": fresh}).encode()])
+    assert await archived_error(redis) == "executor not found for monitor type: "
+    assert await ingest_tasks(redis) == []
+
+
 async def test_maintenance_wins_for_every_type_and_touches_no_target(redis, client, hanging_port):
     payloads = [healthcheck_payload(t, {"host": "127.0.0.1", "port": hanging_port}, is_under_maintenance=True)
                 for t in ("tcp", "push")] + [healthcheck_payload("tcp", "not a config", is_under_maintenance=True)]

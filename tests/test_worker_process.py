@@ -250,3 +250,71 @@ async def _ping(redis) -> bool:
         return await redis.ping()
     except Exception:
         return False
+
+
+def _tls_files(directory) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1, written as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = [str(directory / name) for name in ("ca.pem", "cert.pem", "key.pem")]
+    for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM), cert.public_bytes(serialization.Encoding.PEM),
+                                  key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))):
+        with open(path, "wb") as fh:
+            fh.write(data)
+    return paths[0], paths[1], paths[2]
+
+
+async def test_tls_redis_url_verifies_the_server_and_works(tmp_path, open_port):
+    import shutil
+
+    import redis.asyncio as aioredis
+
+    from conftest import free_port
+
+    ca, cert, key = _tls_files(tmp_path)
+    port = free_port()
+    server = subprocess.Popen([shutil.which("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                               "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
+                               "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        redis = aioredis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca, protocol=2)
+        await wait_until(lambda: _ping(redis), 10)
+        client = aq.Client(aq.Broker(redis))
+        await enqueue_healthcheck(client, healthcheck_payload("tcp", {"host": "127.0.0.1", "port": open_port}))
+        proc = start_worker(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}")
+        try:
+            await wait_until(lambda: redis.exists("asynq:{ingester}:pending"), 10)
+        except AssertionError:
+            raise AssertionError(stop(proc)[1])
+        code, err = stop(proc)
+        assert code == 0, err
+        assert [r["status"] for _, r in await ingest_tasks(redis)] == [1]
+        untrusted = start_worker(f"rediss://127.0.0.1:{port}/0")  # system CAs do not know our test CA
+        time.sleep(2)
+        code, err = stop(untrusted)
+        assert code == 0 and "certificate verify failed" in err
+        await client.broker.close()
+        await redis.aclose()
+    finally:
+        server.terminate()
+        server.wait()
