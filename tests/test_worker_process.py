@@ -226,23 +226,27 @@ async def test_unix_socket_redis_url_works(tmp_path, open_port):
                                "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         redis = aioredis.Redis(unix_socket_path=str(sock), db=3, protocol=2)
-        await wait_until(lambda: _ping(redis), 10)
-        client = aq.Client(aq.Broker(redis))
-        await enqueue_healthcheck(client, healthcheck_payload("tcp", {"host": "127.0.0.1", "port": open_port}))
-        proc = start_worker(f"unix://{sock}?db=3")
-        try:
-            await wait_until(lambda: redis.exists("asynq:{ingester}:pending"), 10)
-        except AssertionError:
-            raise AssertionError(stop(proc)[1])
-        code, err = stop(proc)
-        assert code == 0, err
-        [(_, result)] = await ingest_tasks(redis)
-        assert result["status"] == 1
-        await client.broker.close()
+        await assert_worker_checks_through(redis, f"unix://{sock}?db=3", open_port)
         await redis.aclose()
     finally:
         server.terminate()
         server.wait()
+
+
+async def assert_worker_checks_through(redis, url: str, target_port: int) -> None:
+    """Enqueue one tcp check with `redis`, run the worker against `url`, expect one UP result."""
+    await wait_until(lambda: _ping(redis), 10)
+    client = aq.Client(aq.Broker(redis))
+    await enqueue_healthcheck(client, healthcheck_payload("tcp", {"host": "127.0.0.1", "port": target_port}))
+    proc = start_worker(url)
+    try:
+        await wait_until(lambda: redis.exists("asynq:{ingester}:pending"), 10)
+    except AssertionError:
+        raise AssertionError(stop(proc)[1])
+    code, err = stop(proc)
+    assert code == 0, err
+    assert [r["status"] for _, r in await ingest_tasks(redis)] == [1]
+    await client.broker.close()
 
 
 async def _ping(redis) -> bool:
@@ -298,22 +302,11 @@ async def test_tls_redis_url_verifies_the_server_and_works(tmp_path, open_port):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         redis = aioredis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca, protocol=2)
-        await wait_until(lambda: _ping(redis), 10)
-        client = aq.Client(aq.Broker(redis))
-        await enqueue_healthcheck(client, healthcheck_payload("tcp", {"host": "127.0.0.1", "port": open_port}))
-        proc = start_worker(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}")
-        try:
-            await wait_until(lambda: redis.exists("asynq:{ingester}:pending"), 10)
-        except AssertionError:
-            raise AssertionError(stop(proc)[1])
-        code, err = stop(proc)
-        assert code == 0, err
-        assert [r["status"] for _, r in await ingest_tasks(redis)] == [1]
+        await assert_worker_checks_through(redis, f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", open_port)
         untrusted = start_worker(f"rediss://127.0.0.1:{port}/0")  # system CAs do not know our test CA
         time.sleep(2)
         code, err = stop(untrusted)
         assert code == 0 and "certificate verify failed" in err
-        await client.broker.close()
         await redis.aclose()
     finally:
         server.terminate()
