@@ -330,6 +330,8 @@ class Server:
         self.jobs: dict[str, _Job] = {}
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
+        self._dequeuing = asyncio.Event()
+        self._dequeuing.set()
         self._started_at = time.time()
         self._names = list(self.queues)
         self._strict_order = [self._names.index(q) for q in queue_order(self.queues, True)]
@@ -373,6 +375,13 @@ class Server:
     def stop(self) -> None:
         self._stop.set()
 
+    def pause(self) -> None:
+        """Stop taking new tasks but keep running (asynq's Server.Stop, on SIGTSTP): status `stopped`."""
+        if self.status == "active":
+            self.status = "stopped"
+            self._dequeuing.clear()
+            log.info("stopped taking new tasks (SIGTSTP); SIGTERM to shut down")
+
     async def _drain(self) -> None:
         """Let in-flight tasks finish within the shutdown timeout, then requeue the rest."""
         deadline = time.monotonic() + self.shutdown_timeout
@@ -400,6 +409,7 @@ class Server:
 
         throttle, backoff = _Throttle(), 0.1
         while True:
+            await self._dequeuing.wait()
             free = self.concurrency - len(self.jobs)
             if free <= 0:
                 self._slot_freed.clear()
@@ -808,6 +818,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop)
+    loop.add_signal_handler(signal.SIGTSTP, server.pause)
     log.info("connecting to Redis", extra=_fields(redis=settings.redis_target(), version=__version__))
     try:
         await server.run()

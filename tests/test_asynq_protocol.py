@@ -338,3 +338,19 @@ async def test_retry_delay_follows_asynq_formula():
     for n in range(5):
         for _ in range(200):
             assert n**4 + 15 <= aq.retry_delay_seconds(n) <= n**4 + 15 + 29 * (n + 1)
+
+
+async def test_pause_stops_dequeuing_and_reports_stopped(redis, client):
+    async def ok(task):
+        return None
+
+    async with running_server(redis, {"t": ok}, queues={"default": 1}) as server:
+        server.pause()
+        await asyncio.sleep(0.3)
+        msg = await client.enqueue("t", b"x")
+        await asyncio.sleep(1.5)
+        assert await redis.lrange("asynq:{default}:pending", 0, -1) == [msg.id.encode()]
+        await server._heartbeat()
+        info = aq.ServerInfo()
+        info.ParseFromString(await redis.get(f"asynq:servers:{{{server.host}:{server.pid}:{server.server_id}}}"))
+        assert info.status == "stopped"
