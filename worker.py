@@ -36,7 +36,8 @@ DEFAULT_QUEUES = {"critical": 6, "healthcheck": 5, "default": 3, "low": 1}
 EXECUTORS: dict[str, str | None] = {
     "tcp": "executors.tcp",
     "push": "executors.push",
-    "http": None, "https": None, "http-keyword": None, "http-json-query": None,
+    "http": "executors.http", "https": "executors.http", "http-keyword": "executors.http",
+    "http-json-query": "executors.http",
     "ping": None, "icmp": None, "dns": None, "docker": None, "grpc-keyword": None, "grpc": None,
     "snmp": None, "mongodb": None, "mysql": None, "postgres": None, "sqlserver": None, "redis": None,
     "mqtt": None, "rabbitmq": None, "kafka-producer": None, "websocket": None,
