@@ -73,6 +73,76 @@ def _json_kind(value: Any) -> str:
     return {str: "string", list: "array", dict: "object"}.get(type(value), "value")
 
 
+_RUNE_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
+                 "\\": "\\\\"}
+
+
+def reject_json_constant(name: str) -> None:
+    """Python's json accepts NaN and Infinity; Go's does not."""
+    raise json.JSONDecodeError("Expecting value", name, 0)
+
+
+def go_char(ch: str) -> str:
+    """A character as Go's %q prints a rune inside its JSON syntax errors."""
+    if ch == "'":
+        return "'\\''"
+    if ch == '"':
+        return "'\"'"
+    if not ch.isascii():
+        return f"'\\x{ch.encode('utf-8', 'surrogateescape')[0]:02x}'"
+    if ch in _RUNE_ESCAPES:
+        return f"'{_RUNE_ESCAPES[ch]}'"
+    return f"'{ch}'" if ch.isprintable() else f"'\\x{ord(ch):02x}'"
+
+
+def _innermost(text: str, pos: int) -> str:
+    stack, in_string, escaped = [], False, False
+    for ch in text[:pos]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append(ch)
+        elif ch in "}]" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def go_json_error(text: str, exc: ValueError) -> str:
+    """encoding/json's syntax error text for what Python's decoder reported."""
+    if not isinstance(exc, json.JSONDecodeError):
+        return str(exc)
+    msg, pos = exc.msg, exc.pos
+    if msg.startswith("Unterminated string") or pos >= len(text):
+        return "unexpected end of JSON input"
+    c = go_char(text[pos])
+    if msg == "Expecting value":
+        return f"invalid character {c} looking for beginning of value"
+    if msg.startswith("Expecting property name"):
+        return f"invalid character {c} looking for beginning of object key string"
+    if msg == "Expecting ':' delimiter":
+        return f"invalid character {c} after object key"
+    if msg == "Expecting ',' delimiter":
+        where = "object key:value pair" if _innermost(text, pos) == "{" else "array element"
+        return f"invalid character {c} after {where}"
+    if msg == "Extra data":
+        return f"invalid character {c} after top-level value"
+    if msg.startswith("Invalid control character"):
+        return f"invalid character {c} in string literal"
+    if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
+        return f"invalid character {c} in string escape code"
+    return msg
+
+
+_DECODER = json.JSONDecoder(parse_constant=reject_json_constant)
+
+
 def decode_struct(document: str | bytes | Any, schema: dict[str, type], struct: str, *, strict: bool,
                   parsed: bool = False) -> dict[str, Any]:
     """Decode a JSON object the way Go's encoding/json fills a struct.
@@ -89,9 +159,13 @@ def decode_struct(document: str | bytes | Any, schema: dict[str, type], struct: 
         if not text:
             raise ValueError("EOF")
         try:
-            value, _ = json.JSONDecoder().raw_decode(text)
+            value, _ = _DECODER.raw_decode(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
+            if exc.doc in ("NaN", "Infinity"):
+                raise ValueError(f"invalid character {go_char(exc.doc[0])} looking for beginning of value") from None
+            if exc.doc == "-Infinity":
+                raise ValueError("invalid character 'I' in numeric literal") from None
+            raise ValueError(go_json_error(text, exc)) from None
     out: dict[str, Any] = {name: _zero(kind) for name, kind in schema.items()}
     if value is None:
         return out

@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from executors import DOWN, UP, VERSION, Monitor, Result, decode_config, instant
+from executors import (DOWN, UP, VERSION, Monitor, Result, decode_config, go_char as _go_char, go_json_error,
+                       instant, reject_json_constant as _reject_constant)
 from executors import _gjson, _oauth, _tls
 from executors._http1 import (GoError, Proxy, Response, Session, Timings, TLSState, URL, check_target, go_quote,
                               parse_url, proxy_from_task, redact)
@@ -149,65 +150,6 @@ def _op(method: str) -> str:
 
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode("utf-8", "surrogateescape")).decode()
-
-
-def _go_char(ch: str) -> str:
-    if ch == "'":
-        return "'\\''"
-    if ch == '"':
-        return "'\"'"
-    if not ch.isascii():
-        return f"'\\x{ch.encode('utf-8', 'surrogateescape')[0]:02x}'"
-    return "'" + go_quote(ch)[1:-1] + "'"
-
-
-def _innermost(text: str, pos: int) -> str:
-    stack, in_string, escaped = [], False, False
-    for ch in text[:pos]:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            stack.append(ch)
-        elif ch in "}]" and stack:
-            stack.pop()
-    return stack[-1] if stack else ""
-
-
-def go_json_error(text: str, exc: ValueError) -> str:
-    """encoding/json's syntax error text for what Python's decoder reported."""
-    if not isinstance(exc, json.JSONDecodeError):
-        return str(exc)
-    msg, pos = exc.msg, exc.pos
-    if msg.startswith("Unterminated string") or pos >= len(text):
-        return "unexpected end of JSON input"
-    c = _go_char(text[pos])
-    if msg == "Expecting value":
-        return f"invalid character {c} looking for beginning of value"
-    if msg.startswith("Expecting property name"):
-        return f"invalid character {c} looking for beginning of object key string"
-    if msg == "Expecting ':' delimiter":
-        return f"invalid character {c} after object key"
-    if msg == "Expecting ',' delimiter":
-        where = "object key:value pair" if _innermost(text, pos) == "{" else "array element"
-        return f"invalid character {c} after {where}"
-    if msg == "Extra data":
-        return f"invalid character {c} after top-level value"
-    if msg.startswith("Invalid control character"):
-        return f"invalid character {c} in string literal"
-    if msg.startswith("Invalid \\escape") or msg.startswith("Invalid \\u"):
-        return f"invalid character {c} in string escape code"
-    return msg
-
-
-def _reject_constant(name: str) -> None:
-    raise json.JSONDecodeError("Expecting value", name, 0)
 
 
 def _kind(value: object) -> str:

@@ -39,9 +39,17 @@ def test_null_and_trailing_text_follow_go():
     assert decode_config('{"host":null,"port":3} trailing', SCHEMA, "X") == {"host": "", "port": 3, "flags": [], "on": False}
 
 
-def test_invalid_json_is_reported():
-    with pytest.raises(ConfigError, match="^failed to parse config: invalid JSON"):
-        decode_config("{host: 1}", SCHEMA, "X")
+@pytest.mark.parametrize("doc, text", [
+    ("{host: 1}", "invalid character 'h' looking for beginning of object key string"),
+    ('{"host" 1}', "invalid character '1' after object key"),
+    ('{"host":"a" "port":1}', "invalid character '\"' after object key:value pair"),
+    ('{"port":NaN}', "invalid character 'N' looking for beginning of value"),
+    ('{"host":"a', "unexpected end of JSON input"),
+])
+def test_syntax_errors_are_worded_like_go(doc, text):
+    with pytest.raises(ConfigError) as info:
+        decode_config(doc, SCHEMA, "X")
+    assert str(info.value) == f"failed to parse config: {text}"
 
 
 @pytest.mark.parametrize("text, expected", [
