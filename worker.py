@@ -410,6 +410,7 @@ class Server:
 
         throttle, backoff = _Throttle(), 0.1
         while True:
+            _honour_cancellation()
             await self._dequeuing.wait()
             free = self.concurrency - len(self.jobs)
             if free <= 0:
@@ -420,6 +421,7 @@ class Server:
                 messages = await self.broker.dequeue(self._names, self._orders(min(free, self.FETCH_BATCH)))
                 backoff = 0.1
             except (RedisError, OSError) as exc:
+                _honour_cancellation()
                 if throttle.ready():
                     log.warning("dequeue failed; retrying", extra=_fields(error=str(exc)))
                 await asyncio.sleep(backoff)
@@ -597,8 +599,10 @@ class Server:
             try:
                 await action()
             except Exception as exc:
+                _honour_cancellation()
                 if throttle.ready():
                     log.warning(f"{action.__name__.strip('_')} failed", extra=_fields(error=str(exc)))
+            _honour_cancellation()
             await asyncio.sleep(interval)
 
     async def _until_redis(self, action: Callable[[], Awaitable[Any]], what: str) -> bool:
@@ -655,12 +659,23 @@ async def _guarded(handler: Handler, task: Task) -> Exception | None:
         return TaskError(f"panic error cause by: panic{where}: {type(exc).__name__}: {exc}")
 
 
-async def _cancel(task: asyncio.Task) -> None:
+def _honour_cancellation() -> None:
+    """Re-raise a cancellation that was swallowed on its way out of a library call (seen with
+    redis-py: the call returned or failed normally while our task was being cancelled); otherwise a
+    polling loop goes back to sleep and shutdown waits for it forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _cancel(task: asyncio.Task, grace: float = 5.0) -> None:
+    """Cancel a background task and wait for it, but never longer than `grace` seconds."""
     task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        log.warning(f"background task {task.get_name()} did not stop within {grace:g} s; leaving it")
+    elif not task.cancelled():
+        task.exception()  # retrieved, so it is not reported as lost
 
 
 async def _quietly(aw: Awaitable[Any]) -> None:

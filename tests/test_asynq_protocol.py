@@ -354,3 +354,23 @@ async def test_pause_stops_dequeuing_and_reports_stopped(redis, client):
         info = aq.ServerInfo()
         info.ParseFromString(await redis.get(f"asynq:servers:{{{server.host}:{server.pid}:{server.server_id}}}"))
         assert info.status == "stopped"
+
+
+async def test_shutdown_is_prompt_even_if_a_library_swallows_cancellation(redis):
+    server = worker.Server(redis, {}, queues={"default": 1})
+    entered = asyncio.Event()
+
+    async def swallowing_recover():
+        entered.set()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            raise RuntimeError("cancellation turned into another error")  # what some client libraries do
+
+    server._recover = swallowing_recover
+    run = asyncio.create_task(server.run())
+    await asyncio.wait_for(entered.wait(), 5)
+    started = time.time()
+    server.stop()
+    await asyncio.wait_for(run, 10)
+    assert time.time() - started < 3
