@@ -11,14 +11,22 @@ import time
 
 import pytest
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, SHARED
 from redisdump import compare, dump, load_fixture
 
 import asynq_protocol as aq
 import worker
 
-if not FIXTURES.is_dir():
-    pytest.skip(f"fixtures not found at {FIXTURES} (set PEEKAPING_SHARED)", allow_module_level=True)
+
+
+def test_vendored_fixtures_match_shared():
+    shared = SHARED / "fixtures" / "asynq"
+    if not shared.is_dir():
+        pytest.skip(f"no shared fixtures at {shared} to compare the vendored copy with")
+    names = sorted(p.name for p in shared.iterdir())
+    assert names == sorted(p.name for p in FIXTURES.iterdir())
+    for name in names:
+        assert (shared / name).read_bytes() == (FIXTURES / name).read_bytes(), name
 
 HEALTHCHECK_OPTS = dict(queue="healthcheck", max_retry=0, timeout=10, retention=0, unique_ttl=120,
                         task_id="healthcheck:mon-fixture-1")
