@@ -336,7 +336,6 @@ class Server:
         self._started_at = time.time()
         self._names = list(self.queues)
         self._strict_order = [self._names.index(q) for q in queue_order(self.queues, True)]
-        self._background: list[asyncio.Task] = []
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -347,10 +346,10 @@ class Server:
         self._started_at = time.time()
         spawn = asyncio.get_running_loop().create_task
         heartbeat = spawn(self._every(self.HEARTBEAT_INTERVAL, self._heartbeat, now=True), name="heartbeat")
+        forwarder = spawn(self._every(self.FORWARD_INTERVAL, self._forward), name="forwarder")
         helpers = [
             spawn(self._subscriber(), name="subscriber"),
             spawn(self._every(self.RECOVER_INTERVAL, self._recover, now=True), name="recoverer"),
-            spawn(self._every(self.FORWARD_INTERVAL, self._forward), name="forwarder"),
             spawn(self._every(self.JANITOR_INTERVAL, self._janitor), name="janitor"),
         ]
         processor = spawn(self._process(), name="processor")
@@ -360,7 +359,7 @@ class Server:
 
         self.status = "closed"
         log.info("shutting down", extra=_fields(in_flight=len(self.jobs), timeout_s=self.shutdown_timeout))
-        await _cancel(helpers[2])  # forwarder
+        await _cancel(forwarder)  # asynq's shutdown order: forwarder, processor (drain), then the rest
         await _cancel(processor)
         await self._drain()
         for task in helpers:
