@@ -390,10 +390,9 @@ class _Check:
         if oauth:
             key = self._token_key()
             try:
-                token, fresh = await self._token(key)
+                token, fresh = await self._bearer(key, header)
             except _oauth.TokenError as exc:
                 return instant(DOWN, str(exc))
-            header["Authorization"] = "Bearer " + token
         self.phase = "request"
         self.start_ns = time.time_ns()
         resp, error = await client.do(method, url, header, body)
@@ -402,10 +401,9 @@ class _Check:
             await client._recycle(resp)
             self.phase = "oauth"
             try:
-                token, fresh = await self._token(key)
+                token, fresh = await self._bearer(key, header)
             except _oauth.TokenError as exc:
                 return instant(DOWN, str(exc))
-            header["Authorization"] = "Bearer " + token
             self.phase = "request"
             client.last_tls = None
             self.start_ns = time.time_ns()
@@ -472,8 +470,11 @@ class _Check:
         return _oauth.cache_key(cfg["oauth_token_url"], cfg["oauth_client_id"], cfg["oauth_client_secret"],
                                 cfg["oauth_scopes"], cfg["oauth_auth_method"], self.proxy)
 
-    async def _token(self, key: tuple) -> tuple[str, bool]:
-        return await _oauth.token(key, self._fetch_token)
+    async def _bearer(self, key: tuple, header: dict[str, str]) -> tuple[str, bool]:
+        """Put a (cached or fresh) token into `header`; returns (token, fetched just now)."""
+        token, fresh = await _oauth.token(key, self._fetch_token)
+        header["Authorization"] = "Bearer " + token
+        return token, fresh
 
     async def _fetch_token(self) -> tuple[str, float]:
         """POST the client-credentials grant: through the monitor's proxy, always verifying TLS."""
