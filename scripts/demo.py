@@ -24,6 +24,26 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import PrivateRedis, payload  # noqa: E402
 
 
+def local_web_server() -> int:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Hello(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"status":"ok","version":"1.2.3"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
 def local_listener() -> int:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -44,13 +64,17 @@ async def main() -> int:
     redis = aioredis.Redis.from_url(redis_server.url, protocol=2)
     client = aq.Client(aq.Broker(redis))
     try:
-        port = local_listener()
+        port, web = local_listener(), local_web_server()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             closed = s.getsockname()[1]
         checks = [
             ("web-frontend", payload("web-frontend", "tcp", {"host": "127.0.0.1", "port": port})),
             ("old-backend", payload("old-backend", "tcp", {"host": "127.0.0.1", "port": closed})),
+            ("status-api", payload("status-api", "http-json-query", {
+                "url": f"http://127.0.0.1:{web}/health", "method": "GET", "encoding": "json",
+                "accepted_statuscodes": ["2XX"], "json_query": "status", "json_condition": "==",
+                "expected_value": "ok"})),
             ("cron-push", payload("cron-push", "push", {"pushToken": "abc"})),
             ("maintained-db", payload("maintained-db", "tcp", {"host": "db.internal", "port": 5432}, maintenance=True)),
         ]

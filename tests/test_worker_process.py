@@ -209,7 +209,7 @@ def test_dev_mode_logs_are_readable_lines(closed_port):
 def test_start_path_imports_no_third_party_and_executors_load_on_demand():
     code = ("import sys, worker\n"
             "assert not {'redis', 'google.protobuf', 'asynq_protocol'} & set(sys.modules), sorted(sys.modules)\n"
-            "worker.load_executor('tcp')\n"
+            "import asyncio; asyncio.run(worker.load_executor('tcp'))\n"
             "loaded = sorted(m for m in sys.modules if m.startswith('executors.'))\n"
             "assert loaded == ['executors.tcp'], loaded\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
