@@ -14,7 +14,6 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
@@ -471,13 +470,7 @@ class Broker:
         args: list[Any] = [int(time.time()) + LEASE_SECONDS, len(orders)]
         args += [queue_prefix(q) + "t:" for q in queues]
         args += [",".join(str(i + 1) for i in order) for order in orders]
-        raw = await self.run("dequeue_batch", keys, args)
-        messages = []
-        for data in raw or ():
-            msg = TaskMessage()
-            msg.ParseFromString(data)
-            messages.append(msg)
-        return messages
+        return _decode_messages(await self.run("dequeue_batch", keys, args))
 
     def done(self, msg: Any, now: float | None = None) -> asyncio.Future:
         now = time.time() if now is None else now
@@ -509,12 +502,9 @@ class Broker:
               now: float | None = None) -> asyncio.Future:
         now = time.time() if now is None else now
         p = queue_prefix(msg.queue)
-        failed = TaskMessage()
-        failed.CopyFrom(msg)
+        failed = _failed_copy(msg, error, now)
         if is_failure:
             failed.retried += 1
-        failed.error_msg = error
-        failed.last_failed_at = int(now)
         day = _day(now)
         keys = [p + "t:" + msg.id, p + "active", p + "lease", p + "retry", p + "processed:" + day,
                 p + "failed:" + day, p + "processed", p + "failed"]
@@ -525,13 +515,9 @@ class Broker:
     def archive(self, msg: Any, error: str, now: float | None = None) -> asyncio.Future:
         now = time.time() if now is None else now
         p = queue_prefix(msg.queue)
-        failed = TaskMessage()
-        failed.CopyFrom(msg)
-        failed.error_msg = error
-        failed.last_failed_at = int(now)
+        failed = _failed_copy(msg, error, now)
         day = _day(now)
-        cutoff = datetime.fromtimestamp(now, timezone.utc)
-        cutoff = int(cutoff.timestamp()) - ARCHIVE_MAX_AGE_DAYS * 86400  # AddDate(0,0,-90) in UTC
+        cutoff = int(now) - ARCHIVE_MAX_AGE_DAYS * 86400  # Go's AddDate(0,0,-90): in UTC, always 90 x 24 h
         keys = [p + "t:" + msg.id, p + "active", p + "lease", p + "archived", p + "processed:" + day,
                 p + "failed:" + day, p + "processed", p + "failed", p + "t:"]
         args = [msg.id, failed.SerializeToString(), int(now), cutoff, MAX_ARCHIVE_SIZE,
@@ -562,13 +548,7 @@ class Broker:
 
     async def list_lease_expired(self, queue: str, cutoff: float) -> list[Any]:
         p = queue_prefix(queue)
-        raw = await self.run("list_lease_expired", [p + "lease"], [int(cutoff), p + "t:"])
-        out = []
-        for data in raw or ():
-            msg = TaskMessage()
-            msg.ParseFromString(data)
-            out.append(msg)
-        return out
+        return _decode_messages(await self.run("list_lease_expired", [p + "lease"], [int(cutoff), p + "t:"]))
 
     async def reclaim_stale_aggregation_sets(self, queue: str) -> None:
         await self.run("reclaim_stale_aggregation_sets", [queue_prefix(queue) + "aggregation_sets"],
@@ -656,6 +636,24 @@ def _fast_connection_class(base: type) -> type:
         return [hiredis.pack_command(tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args))]
 
     return type(f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command})
+
+
+def _decode_messages(raw: Sequence[bytes] | None) -> list[Any]:
+    out = []
+    for data in raw or ():
+        msg = TaskMessage()
+        msg.ParseFromString(data)
+        out.append(msg)
+    return out
+
+
+def _failed_copy(msg: Any, error: str, now: float) -> Any:
+    """The message as retry and archive rewrite it: same fields plus the error and the failure time."""
+    failed = TaskMessage()
+    failed.CopyFrom(msg)
+    failed.error_msg = error
+    failed.last_failed_at = int(now)
+    return failed
 
 
 def _text(value: Any) -> str:

@@ -477,9 +477,7 @@ class Server:
         call.cancel()
         reason = job.interrupt.result() if job.interrupt.done() else "deadline"
         if reason == "abort":
-            if job.lease_expiry >= time.time():
-                await self._write(job, lambda: self.broker.requeue(msg), "requeue")
-            return
+            return await self._write(job, lambda: self.broker.requeue(msg), "requeue")
         if reason == "lease_lost":
             log.warning("task lease lost; leaving it to the recoverer", extra=_fields(task_id=msg.id))
             return
@@ -498,8 +496,6 @@ class Server:
 
         msg, text = job.msg, str(error)
         log.error("task failed", extra=_fields(type=msg.type, task_id=msg.id, queue=msg.queue, error=text))
-        if job.lease_expiry < time.time() or (job.interrupt.done() and job.interrupt.result() == "lease_lost"):
-            return  # lease lost: the recoverer of some server owns this task now
         if isinstance(error, RevokeTask):
             await self._write(job, lambda: self.broker.done(msg), "done")
         elif msg.retried >= msg.retry or isinstance(error, SkipRetry):
