@@ -144,33 +144,33 @@ def _pem_blocks(text: str) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(text)]
 
 
+def _first_pem(text: str, wanted, what: str, missing: str) -> str:
+    """The first PEM block of a wanted type, or ValueError in tls.X509KeyPair's words."""
+    blocks = _pem_blocks(text)
+    for kind, pem in blocks:
+        if wanted(kind):
+            return pem
+    if not blocks:
+        raise ValueError(f"tls: failed to find any PEM data in {what} input")
+    skipped = " ".join(kind for kind, _ in blocks)
+    raise ValueError(f"tls: {missing} after skipping PEM blocks of the following types: [{skipped}]")
+
+
 def check_client_pair(cert_pem: str, key_pem: str) -> None:
     """Raise ValueError in Go's words when the pair would not load (tls.X509KeyPair)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    blocks = _pem_blocks(cert_pem)
-    certs = [pem for kind, pem in blocks if kind == "CERTIFICATE"]
-    if not certs:
-        if not blocks:
-            raise ValueError("tls: failed to find any PEM data in certificate input")
-        skipped = " ".join(kind for kind, _ in blocks)
-        raise ValueError('tls: failed to find "CERTIFICATE" PEM block in certificate input after skipping '
-                         f"PEM blocks of the following types: [{skipped}]")
+    cert = _first_pem(cert_pem, lambda kind: kind == "CERTIFICATE", "certificate",
+                      'failed to find "CERTIFICATE" PEM block in certificate input')
     try:
-        leaf = x509.load_pem_x509_certificate(certs[0].encode())
+        leaf = x509.load_pem_x509_certificate(cert.encode())
     except ValueError:
         raise ValueError("x509: malformed certificate") from None
-    kblocks = _pem_blocks(key_pem)
-    keys = [pem for kind, pem in kblocks if kind == "PRIVATE KEY" or kind.endswith(" PRIVATE KEY")]
-    if not keys:
-        if not kblocks:
-            raise ValueError("tls: failed to find any PEM data in key input")
-        skipped = " ".join(kind for kind, _ in kblocks)
-        raise ValueError('tls: failed to find PEM block with type ending in "PRIVATE KEY" in key input after '
-                         f"skipping PEM blocks of the following types: [{skipped}]")
+    key_block = _first_pem(key_pem, lambda kind: kind == "PRIVATE KEY" or kind.endswith(" PRIVATE KEY"), "key",
+                           'failed to find PEM block with type ending in "PRIVATE KEY" in key input')
     try:
-        key = serialization.load_pem_private_key(keys[0].encode(), password=None)
+        key = serialization.load_pem_private_key(key_block.encode(), password=None)
     except (ValueError, TypeError, NotImplementedError):
         raise ValueError("tls: failed to parse private key") from None
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
