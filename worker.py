@@ -1,14 +1,14 @@
 """peekaping-worker: runs Peekaping health checks from Asynq queues, as the Go worker does.
 
-This module is the loop: configuration, the Asynq server (processor, heartbeater, recoverer,
-forwarder, janitor, cancellation subscriber, graceful shutdown), the executor registry and the
-`monitor:healthcheck` handler. Redis-level details live in `asynq_protocol`; checks in `executors/`.
+This module is the loop: the Asynq server (processor, heartbeater, recoverer, forwarder, janitor,
+cancellation subscriber, graceful shutdown), the executor registry and the `monitor:healthcheck`
+handler. Redis-level details live in `asynq_protocol`, settings and logging in `settings`, the
+`check` command in `cli`; checks in `executors/`.
 Only the standard library is imported at start so `--version` and `--help` answer at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import json
@@ -22,14 +22,16 @@ import sys
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from executors import VERSION as __version__
+from settings import (DEFAULT_QUEUES, ConfigurationError,  # noqa: F401 (DEFAULT_QUEUES re-exported)
+                      Settings, _fields, _Throttle, build_parser,
+                      load_settings, redis_client, setup_logging)
 
 HEALTHCHECK_TASK = "monitor:healthcheck"
 INGEST_TASK = "monitor:ingest"
-DEFAULT_QUEUES = {"critical": 6, "healthcheck": 5, "default": 3, "low": 1}
 
 # Every monitor type name the Go registry knows (plus the seed's aliases) -> module, or None while
 # that executor is not built yet. Modules are imported on the first task of their type.
@@ -73,199 +75,6 @@ class Task:
 
 
 Handler = Callable[[Task], Awaitable[None]]
-
-
-# ==================================================================================================
-# Configuration
-
-class ConfigurationError(Exception):
-    """A setting with a bad value; the message names the setting."""
-
-
-@dataclass
-class Settings:
-    redis_url: str | None = None
-    redis_host: str = "redis"
-    redis_port: int = 6379
-    redis_password: str = ""
-    redis_db: int = 0
-    concurrency: int = 128
-    queues: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_QUEUES))
-    strict_priority: bool = True
-    shutdown_timeout: float = 8.0
-    mode: str = "dev"
-    log_level: str = "info"
-    tz: str = "UTC"
-    service_name: str = "peekaping:worker"
-    result_extensions: bool = False
-
-    def redis_target(self) -> str:
-        """Where Redis is, for logs: never includes the password."""
-        if self.redis_url:
-            return _redact_url(self.redis_url)
-        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
-
-
-LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
-              "error": logging.ERROR, "dpanic": logging.CRITICAL, "panic": logging.CRITICAL,
-              "fatal": logging.CRITICAL}
-
-
-def _redact_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    creds, _, host = rest.partition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user + ':' if user else ''}***@{host}"
-
-
-def _read_dotenv(path: str) -> dict[str, str]:
-    """The Go worker reads `../../.env` (KEY=VALUE, # comments, quotes stripped) before the environment."""
-    values: dict[str, str] = {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line or line.startswith("#") or "=" not in line:
-                    continue
-                key, _, value = line.partition("=")
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                    value = value[1:-1]
-                values[key.strip()] = value
-    except OSError:
-        pass
-    return values
-
-
-def parse_queues(text: str) -> dict[str, int]:
-    queues: dict[str, int] = {}
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        name, sep, prio = item.strip().rpartition(":")
-        if not sep or not name.strip():
-            raise ConfigurationError(f"--queues: expected name:priority, got {item.strip()!r}")
-        try:
-            priority = int(prio)
-        except ValueError:
-            raise ConfigurationError(f"--queues: priority of {name!r} must be an integer, got {prio!r}") from None
-        if priority <= 0:
-            raise ConfigurationError(f"--queues: priority of {name!r} must be at least 1")
-        queues[name.strip()] = priority
-    if not queues:
-        raise ConfigurationError("--queues: no queue given")
-    return queues
-
-
-def load_settings(env: dict[str, str], args: argparse.Namespace) -> Settings:
-    """Environment as the Go worker reads it, then command-line flags on top."""
-    merged = _read_dotenv(os.path.join("..", "..", ".env"))
-    merged.update({k: v for k, v in env.items() if v != ""})
-    s = Settings()
-
-    def integer(name: str, low: int, high: int | None, zero_is_unset: bool = False) -> int | None:
-        raw = merged.get(name)
-        if raw is None:
-            return None
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ConfigurationError(f"{name}: must be an integer, got {raw!r}") from None
-        if zero_is_unset and value == 0:
-            return None
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ConfigurationError(f"{name}: must be {bound}, got {value}")
-        return value
-
-    s.redis_host = merged.get("REDIS_HOST", s.redis_host)
-    s.redis_port = integer("REDIS_PORT", 1, 65535) or s.redis_port
-    s.redis_password = merged.get("REDIS_PASSWORD", "")
-    s.redis_db = integer("REDIS_DB", 0, 15) or 0
-    s.concurrency = integer("QUEUE_CONCURRENCY", 1, None, zero_is_unset=True) or s.concurrency
-    s.mode = merged.get("MODE", s.mode)
-    if s.mode not in ("dev", "prod", "test"):
-        raise ConfigurationError(f"MODE: must be one of dev, prod, test, got {s.mode!r}")
-    s.log_level = merged.get("LOG_LEVEL", s.log_level).lower()
-    if s.log_level not in LOG_LEVELS:
-        raise ConfigurationError(f"LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
-    s.tz = merged.get("TZ", s.tz)
-    s.service_name = merged.get("SERVICE_NAME", s.service_name)
-
-    if args.concurrency is not None:
-        if args.concurrency < 1:
-            raise ConfigurationError(f"--concurrency: must be at least 1, got {args.concurrency}")
-        s.concurrency = args.concurrency
-    if args.redis_url:
-        if not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigurationError("--redis-url: must start with redis://, rediss:// or unix://")
-        s.redis_url = args.redis_url
-    if args.queues:
-        s.queues = parse_queues(args.queues)
-    if args.strict_priority is not None:
-        s.strict_priority = args.strict_priority
-    if args.shutdown_timeout is not None:
-        if args.shutdown_timeout < 0:
-            raise ConfigurationError("--shutdown-timeout: must not be negative")
-        s.shutdown_timeout = args.shutdown_timeout
-    s.result_extensions = bool(getattr(args, "result_extensions", False))
-    return s
-
-
-# ==================================================================================================
-# Logging: readable lines in dev, one JSON object per line in prod
-
-class _JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self.service = service
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"level": record.levelname.lower(), "ts": round(record.created, 6), "logger": record.name,
-                 "msg": record.getMessage(), "svc": self.service}
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-class _DevFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
-        extra = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
-        line = f"{stamp} {record.levelname:<7} {record.getMessage()}" + (f"  {extra}" if extra else "")
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
-
-
-def setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter(settings.service_name) if settings.mode == "prod" else _DevFormatter())
-    root = logging.getLogger("peekaping")
-    root.handlers[:] = [handler]
-    root.setLevel(LOG_LEVELS[settings.log_level])
-    root.propagate = False
-
-
-def _fields(**kv: Any) -> dict:
-    return {"fields": kv}
-
-
-class _Throttle:
-    """Logs a repeating problem once per interval instead of once per attempt."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every, self.last = every, 0.0
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            return True
-        return False
 
 
 # ==================================================================================================
@@ -815,20 +624,6 @@ def healthcheck_handler(client: Any, extensions: bool = False) -> Handler:
 # ==================================================================================================
 # Entry points
 
-def redis_client(settings: Settings) -> Any:
-    from asynq_protocol import connect
-
-    options: dict[str, Any] = dict(max_connections=max(16, min(settings.concurrency, 64)), health_check_interval=15,
-                                   socket_connect_timeout=5)
-    if settings.redis_url:
-        if not settings.redis_url.startswith("unix://"):
-            options["socket_keepalive"] = True
-        return connect(settings.redis_url, **options)
-    options["socket_keepalive"] = True
-    return connect(host=settings.redis_host, port=settings.redis_port, password=settings.redis_password or None,
-                   db=settings.redis_db, **options)
-
-
 async def serve(settings: Settings) -> None:
     from asynq_protocol import Client
 
@@ -855,89 +650,10 @@ def _event_loop_runner() -> Callable[[Awaitable[Any]], Any]:
         return asyncio.run
 
 
-async def _check_once(monitor_type: str, config: str, timeout: float) -> Any:
-    from executors import Monitor
-
-    monitor = Monitor(id="local", name="local check", type=monitor_type, interval=60, timeout=int(math.ceil(timeout)),
-                      config=config)
-    module = await load_executor(monitor_type)
-    return await asyncio.wait_for(module.check(monitor, None, timeout), timeout + 0.1)
-
-
-def check_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="peekaping-worker check",
-                                     description="Run one check locally (no Redis) and print the result.")
-    parser.add_argument("type", help="monitor type, e.g. tcp")
-    parser.add_argument("config", help="the monitor's config as a JSON string")
-    parser.add_argument("--timeout", type=float, default=16.0, help="seconds (default 16)")
-    parser.add_argument("--json", action="store_true", help="print the ingest fields as JSON")
-    args = parser.parse_args(argv)
-    if args.timeout <= 0:
-        print("peekaping-worker check: --timeout must be positive", file=sys.stderr)
-        return 2
-    from executors import ConfigError, format_rfc3339
-
-    try:
-        result = _event_loop_runner()(_check_once(args.type, args.config, args.timeout))
-    except ConfigError as exc:
-        print(f"peekaping-worker check: {exc}", file=sys.stderr)
-        return 2
-    except TaskError as exc:
-        print(f"peekaping-worker check: {exc}", file=sys.stderr)
-        return 2
-    except asyncio.TimeoutError:
-        print(f"DOWN  check timed out after {args.timeout:g}s")
-        return 1
-    if result is None:
-        print("nothing to report (the executor returned no result)")
-        return 0
-    if args.json:
-        out: dict[str, Any] = {"status": result.status, "message": result.message, "ping_ms": result.ping_ms,
-                               "start_time": format_rfc3339(result.start_ns),
-                               "end_time": format_rfc3339(result.end_ns)}
-        if result.tls_info is not None:
-            out["tls_info"] = result.tls_info
-        if result.timings:
-            out["timings"] = result.timings
-        print(json.dumps(out, ensure_ascii=False))
-    else:
-        name = {0: "DOWN", 1: "UP", 2: "PENDING", 3: "MAINTENANCE"}.get(result.status, str(result.status))
-        print(f"{name}  {result.message}  ({result.ping_ms} ms)")
-    return 0 if result.status in (1, 3) else 1
-
-
-def version_text() -> str:
-    built = sorted(t for t, path in EXECUTORS.items() if path)
-    coming = sorted(t for t, path in EXECUTORS.items() if not path)
-    return (f"peekaping-worker {__version__} (Python {sys.version.split()[0]})\n"
-            f"executors: {', '.join(built)}\n"
-            f"not yet supported: {', '.join(coming)}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="peekaping-worker",
-        description="Peekaping health-check worker speaking the Asynq protocol. "
-                    "`peekaping-worker check TYPE CONFIG` runs one check locally.",
-        epilog="Environment: REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB, QUEUE_CONCURRENCY, MODE, "
-               "LOG_LEVEL, TZ, SERVICE_NAME. Flags override the environment.")
-    parser.add_argument("--version", action="store_true", help="print version and executors, then exit")
-    parser.add_argument("--concurrency", type=int, help="checks run at once (env QUEUE_CONCURRENCY, default 128)")
-    parser.add_argument("--redis-url", help="redis://[user:pass@]host:port/db, rediss:// (TLS) or unix://path")
-    parser.add_argument("--queues", help="name:priority,... (default critical:6,healthcheck:5,default:3,low:1)")
-    parser.add_argument("--strict-priority", dest="strict_priority", action="store_true", default=None,
-                        help="serve a lower queue only while higher ones are empty (default)")
-    parser.add_argument("--no-strict-priority", dest="strict_priority", action="store_false",
-                        help="weighted queue selection instead")
-    parser.add_argument("--shutdown-timeout", type=float, help="seconds to let checks finish on SIGTERM (default 8)")
-    parser.add_argument("--result-extensions", action="store_true",
-                        help="add extra fields (phase timings) to ingest payloads; the Go ingester ignores them")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
+        from cli import check_command
         return check_command(argv[1:])
     parser = build_parser()
     try:
@@ -945,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     if args.version:
+        from cli import version_text
         print(version_text())
         return 0
     try:
