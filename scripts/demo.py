@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -102,4 +103,8 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    if shutil.which("redis-server") is None:
+        print("demo: redis-server is not installed (Debian/Ubuntu: apt-get install redis-server); "
+              "the demo starts a private one on a free port", file=sys.stderr)
+        sys.exit(2)
     sys.exit(asyncio.run(main()))

@@ -11,12 +11,14 @@ cannot start under current uvloop).
 from __future__ import annotations
 
 import base64
+import atexit
 import datetime as dt
 import gzip as gzip_module
 import http.server
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -54,6 +56,8 @@ class Certs:
         import trustme
 
         self.tmp = Path(tempfile.mkdtemp(prefix="pw-certs-"))
+        # Private keys are written here: remove them when the test process ends.
+        atexit.register(shutil.rmtree, self.tmp, ignore_errors=True)
         self.ca = trustme.CA(organization_name="Peekaping Test CA")
         self.intermediate = self.ca.create_child_ca()
         leaf = self.intermediate.issue_cert("localhost", "127.0.0.1", common_name="localhost")
