@@ -8,9 +8,16 @@ the caller turns that into the DOWN result Go reports.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import logging
+import math
+import operator
+import os
 import re
+import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,14 +70,90 @@ class ConfigError(Exception):
 # Go encoding/json semantics for decoding configs and payloads into a "struct".
 
 _GO_TYPES = {str: "string", int: "int", float: "float64", bool: "bool", list: "[]string", dict: "map"}
+GO_INT_MIN, GO_INT_MAX = -(1 << 63), (1 << 63) - 1  # Go's int is 64-bit on the platforms Peekaping ships
+MAX_DEPTH = 10000  # encoding/json's maxNestingDepth
 
 
-def _json_kind(value: Any) -> str:
+class GoNumber(float):
+    """A JSON number that keeps its literal text, as Go's error messages quote it (`number 1e999`).
+
+    Every JSON number with a fraction or exponent decodes to this, and so does an integer literal
+    outside Go's int range; the float value is what Go's ParseFloat gives (inf when out of range).
+    """
+    __slots__ = ("literal",)
+
+    def __new__(cls, literal: str) -> "GoNumber":
+        number = super().__new__(cls, literal)
+        number.literal = literal
+        return number
+
+
+def _parse_int(literal: str) -> int | GoNumber:
+    if len(literal) <= 18:  # always within int64
+        return int(literal)
+    if len(literal) <= 20:
+        value = int(literal)
+        if GO_INT_MIN <= value <= GO_INT_MAX:
+            return value
+    return GoNumber(literal)  # also avoids int()'s 4,300-digit limit (ValueError)
+
+
+def _literal(number: int | float) -> str:
+    return number.literal if isinstance(number, GoNumber) else repr(number)
+
+
+def _json_kind(value: Any, numeric_target: bool = False) -> str:
+    """The `Value` part of Go's UnmarshalTypeError: a number shows its literal only when the target is
+    numeric (the literal did not fit), as in encoding/json's literalStore."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, (int, float)):
-        return f"number {value}" if not isinstance(value, float) or value != int(value) else "number"
+        return f"number {_literal(value)}" if numeric_target else "number"
     return {str: "string", list: "array", dict: "object"}.get(type(value), "value")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # `\uD800`-`\uDFFF` in JSON text
+
+
+def _may_hold_surrogates(text: str) -> bool:
+    """Whether decoding `text` can give lone surrogates: it has a surrogate escape, or a surrogate
+    code point already (argv bytes that were not UTF-8 arrive as surrogateescape code points)."""
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        return True
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD, as Go does with invalid UTF-8: the result
+    always encodes as UTF-8. Returns `text` itself when it is already clean."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def _clean_value(value: Any) -> Any:
+    """Replace lone surrogates in every string and key of a decoded JSON value (iteratively: values
+    may be nested 10,000 deep). Lists are changed in place, dicts are rebuilt for their keys."""
+    if type(value) is str:
+        return clean_text(value)
+    if type(value) is dict:
+        value = {clean_text(k): v for k, v in value.items()}
+    elif type(value) is not list:
+        return value
+    pending = [value]
+    while pending:
+        container = pending.pop()
+        pairs = enumerate(container) if type(container) is list else container.items()
+        for key, item in pairs:
+            kind = type(item)
+            if kind is str:
+                if _SURROGATE.search(item):
+                    container[key] = _SURROGATE.sub("\ufffd", item)
+            elif kind is dict:
+                item = container[key] = {clean_text(k): v for k, v in item.items()}
+                pending.append(item)
+            elif kind is list:
+                pending.append(item)
+    return value
 
 
 _RUNE_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
@@ -89,7 +172,11 @@ def go_char(ch: str) -> str:
     if ch == '"':
         return "'\"'"
     if not ch.isascii():
-        return f"'\\x{ch.encode('utf-8', 'surrogateescape')[0]:02x}'"
+        try:  # a surrogateescape code point stands for the byte Go saw
+            first = ch.encode("utf-8", "surrogateescape")[0]
+        except UnicodeEncodeError:
+            first = ch.encode("utf-8", "surrogatepass")[0]
+        return f"'\\x{first:02x}'"
     if ch in _RUNE_ESCAPES:
         return f"'{_RUNE_ESCAPES[ch]}'"
     return f"'{ch}'" if ch.isprintable() else f"'\\x{ord(ch):02x}'"
@@ -140,7 +227,63 @@ def go_json_error(text: str, exc: ValueError) -> str:
     return msg
 
 
-_DECODER = json.JSONDecoder(parse_constant=reject_json_constant)
+_DECODER = json.JSONDecoder(parse_constant=reject_json_constant, parse_float=GoNumber, parse_int=_parse_int)
+
+
+def _raw_decode(text: str) -> Any:
+    """The first JSON value of `text`, with Go's limit on nesting instead of Python's recursion limit."""
+    try:
+        return _DECODER.raw_decode(text)[0]
+    except RecursionError:
+        pass
+    opener = _too_deep(text)
+    if opener:
+        raise ValueError(f"invalid character {go_char(opener)} exceeded max depth")
+    # Nested deeper than Python's recursion limit allows but within Go's: decode with a higher limit.
+    # The C scanner needs about 0.5 KiB of stack per level; 10,000 levels fit the 8 MiB main stack.
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(old + MAX_DEPTH + 100)
+    try:
+        return _DECODER.raw_decode(text)[0]
+    finally:
+        sys.setrecursionlimit(old)
+
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _too_deep(text: str) -> str:
+    """The opener ('[' or '{') at which Go's scanner stops with "exceeded max depth", or ''."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return ""
+    brackets = "".join(filter(_DEPTH_STEP.__contains__, _STRING.sub("", text)))
+    depths = itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets))
+    index = next(itertools.compress(itertools.count(), map(operator.lt, itertools.repeat(MAX_DEPTH), depths)), None)
+    return "" if index is None else brackets[index]
+
+
+def decode_json(text: str) -> Any:
+    """The first JSON value of `text` as Go's encoding/json reads it into an `any`: lone surrogates
+    become U+FFFD, nesting deeper than 10,000 levels is an error; ValueError in Go's words.
+    Numbers with a fraction or exponent, and integers beyond int64, are GoNumber (a float)."""
+    stripped = text.lstrip(" \t\r\n")
+    if not stripped:
+        raise ValueError("unexpected end of JSON input")
+    return _decode_value(stripped)
+
+
+def _decode_value(text: str) -> Any:
+    """Decode `text` (not empty, no leading white space); ValueError in encoding/json's words."""
+    try:
+        value = _raw_decode(text)
+    except json.JSONDecodeError as exc:
+        if exc.doc in ("NaN", "Infinity"):
+            raise ValueError(f"invalid character {go_char(exc.doc[0])} looking for beginning of value") from None
+        if exc.doc == "-Infinity":
+            raise ValueError("invalid character 'I' in numeric literal") from None
+        raise ValueError(go_json_error(text, exc)) from None
+    return _clean_value(value) if _may_hold_surrogates(text) else value
 
 
 def decode_struct(document: str | bytes | Any, schema: dict[str, type], struct: str, *, strict: bool,
@@ -149,6 +292,9 @@ def decode_struct(document: str | bytes | Any, schema: dict[str, type], struct: 
 
     Keys match case-insensitively (an exact match wins), `null` leaves the zero value, only the first
     JSON value of the text is read, and with `strict` an unknown key is an error (DisallowUnknownFields).
+    Lone surrogates (escaped or not) become U+FFFD, numbers must fit the field's Go type (int is
+    64-bit), and nesting deeper than 10,000 levels is an error, all as in Go.
+    With `parsed`, `document` is a value this function already produced (so it is clean).
     Raises ValueError with a Go-shaped message.
     """
     if parsed:
@@ -158,20 +304,14 @@ def decode_struct(document: str | bytes | Any, schema: dict[str, type], struct: 
         text = text.lstrip(" \t\r\n")
         if not text:
             raise ValueError("EOF")
-        try:
-            value, _ = _DECODER.raw_decode(text)
-        except json.JSONDecodeError as exc:
-            if exc.doc in ("NaN", "Infinity"):
-                raise ValueError(f"invalid character {go_char(exc.doc[0])} looking for beginning of value") from None
-            if exc.doc == "-Infinity":
-                raise ValueError("invalid character 'I' in numeric literal") from None
-            raise ValueError(go_json_error(text, exc)) from None
+        value = _decode_value(text)
     out: dict[str, Any] = {name: _zero(kind) for name, kind in schema.items()}
     if value is None:
         return out
     if not isinstance(value, dict):
-        raise ValueError(f"json: cannot unmarshal {_json_kind(value).split()[0]} into Go value of type {struct}")
+        raise ValueError(f"json: cannot unmarshal {_json_kind(value)} into Go value of type {struct}")
     folded = _folded(tuple(schema))
+    where = struct.rsplit(".", 1)[-1]  # Go names the struct without its package here
     for key, item in value.items():
         name = key if key in schema else folded.get(key.lower())
         if name is None:
@@ -180,7 +320,7 @@ def decode_struct(document: str | bytes | Any, schema: dict[str, type], struct: 
             continue
         if item is None:
             continue
-        out[name] = _convert(item, schema[name], f"{struct}.{name}")
+        out[name] = _convert(item, schema[name], f"{where}.{name}")
     return out
 
 
@@ -193,25 +333,23 @@ def _zero(kind: type) -> Any:
     return {str: "", int: 0, float: 0.0, bool: False, list: [], dict: None}[kind]
 
 
-_ACCEPTS = {
-    str: lambda v: type(v) is str,
-    int: lambda v: type(v) is int,
-    float: lambda v: type(v) in (int, float),
-    bool: lambda v: type(v) is bool,
-    list: lambda v: type(v) is list and all(type(x) is str or x is None for x in v),
-    dict: lambda v: type(v) is dict,
-}
-
-
 def _convert(item: Any, kind: type, where: str) -> Any:
-    if not _ACCEPTS[kind](item):
-        raise ValueError(f"json: cannot unmarshal {_json_kind(item)} into Go struct field {where} "
-                         f"of type {_GO_TYPES[kind]}")
-    if kind is list:
-        return ["" if x is None else x for x in item]
-    if kind is float:
+    """`item` as Go stores it in a field of `kind`; ValueError with Go's UnmarshalTypeError text."""
+    actual = type(item)
+    if kind is str and actual is str or kind is bool and actual is bool or kind is dict and actual is dict:
+        return item
+    if kind is int and actual is int:
+        return item  # within int64: larger literals decode as GoNumber
+    if kind is float and (actual is int or actual is GoNumber and math.isfinite(item)):
         return float(item)
-    return item
+    if kind is list and actual is list:
+        for element in item:
+            if element is not None and type(element) is not str:
+                raise ValueError(f"json: cannot unmarshal {_json_kind(element)} into Go struct field {where} "
+                                 f"of type string")
+        return ["" if x is None else x for x in item]
+    raise ValueError(f"json: cannot unmarshal {_json_kind(item, kind in (int, float))} into Go struct field "
+                     f"{where} of type {_GO_TYPES[kind]}")
 
 
 def decode_config(config: str, schema: dict[str, type], struct: str) -> dict[str, Any]:
@@ -220,6 +358,90 @@ def decode_config(config: str, schema: dict[str, type], struct: str) -> dict[str
         return decode_struct(config, schema, struct, strict=True)
     except ValueError as exc:
         raise ConfigError(f"failed to parse config: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The last line of defence: an exception no executor expected still gives the monitor its heartbeat.
+
+_log = logging.getLogger("peekaping.worker")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def unexpected_result(monitor: Monitor, proxy: dict | None, exc: Exception, start_ns: int) -> Result:
+    """The DOWN result for an exception an executor did not expect, logged as one line (no traceback).
+
+    The exception's text can quote config values (a password in `invalid literal ...`), so every
+    string of the config and the proxy credentials is masked in it, and it is cut to 200 characters.
+    """
+    detail = _mask(str(exc), _config_strings(monitor.config, proxy))
+    detail = clean_text(detail if len(detail) <= 200 else detail[:200] + "...")
+    place = where(exc)
+    _log.error("check raised an unexpected exception; reporting DOWN",
+               extra={"fields": {"monitor_id": clean_text(monitor.id[:100]), "monitor_type": clean_text(monitor.type[:100]),
+                                 "error": f"{type(exc).__name__} at {place}: {detail}"}})
+    message = f"{monitor.type} check failed: unexpected {type(exc).__name__} at {place}"
+    return Result(DOWN, clean_text(f"{message}: {detail}" if detail else message), start_ns, time.time_ns())
+
+
+def where(exc: BaseException) -> str:
+    """`file:line` of the innermost frame of this program the exception passed through, then the
+    innermost frame when that is in a library: `tcp.py:52 > idna.py:165`."""
+    frames = [(frame.f_code.co_filename, line) for frame, line in traceback.walk_tb(exc.__traceback__)]
+    if not frames:
+        return "?"
+    ours = [f for f in frames if os.path.abspath(f[0]).startswith(_ROOT + os.sep)
+            and "site-packages" not in f[0] and os.sep + ".venv" + os.sep not in f[0]]
+    text = lambda frame: f"{os.path.basename(frame[0])}:{frame[1]}"
+    if not ours or ours[-1] == frames[-1]:
+        return text(frames[-1])
+    return f"{text(ours[-1])} > {text(frames[-1])}"
+
+
+def _config_strings(config: str, proxy: dict | None) -> list[str]:
+    """Every string (of 3+ characters) in the config document and the proxy credentials, longest first."""
+    found = {config, clean_text(config)}
+    if proxy:
+        found.update(v for v in (proxy.get("username"), proxy.get("password")) if isinstance(v, str))
+    try:
+        pending = [decode_json(config)]
+    except ValueError:  # not JSON: the whole document is masked
+        pending = []
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
+
+
+def _mask(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Go's net package
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def is_domain_name(name: str) -> bool:
+    """Go's net.isDomainName: ASCII letters, digits, `_` and `-`, labels of 1-63 characters that do not
+    start or end with `-`, at most 253 characters (254 with the final dot), not all digits."""
+    if name == ".":
+        return True
+    if not name or len(name) > 254 or len(name) == 254 and name[-1] != "." or not name.isascii():
+        return False
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    for label in labels:
+        if not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-" or not _LABEL_CHARS.issuperset(label):
+            return False
+    return not name.replace(".", "").isdigit()
 
 
 # --------------------------------------------------------------------------------------------------

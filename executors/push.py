@@ -6,6 +6,13 @@ import time
 
 from executors import DOWN, Monitor, Result, instant, parse_rfc3339
 
+# Go's PushConfig, for `peekaping-worker types`: the executor never reads the config (spec 6.2).
+SCHEMA = {"pushToken": str}
+FIELDS = {"pushToken": "the token in the push URL the monitored system calls (used by the API, not here)"}
+SUMMARY = ("the monitored system pushes to the API; the check is DOWN when the last push is missing, not UP "
+           "or older than the interval, and reports nothing otherwise")
+EXAMPLES = {"push": ({"pushToken": "abc123"}, "DOWN", '"No push received yet" (a local check has no last push)')}
+
 
 async def check(monitor: Monitor, proxy: dict | None, budget: float) -> Result | None:
     beat = monitor.last_heartbeat

@@ -7,9 +7,15 @@ import os
 import socket
 import time
 
-from executors import DOWN, UP, Monitor, Result, decode_config
+from executors import DOWN, UP, Monitor, Result, decode_config, is_domain_name
 
-SCHEMA = {"host": str, "port": int}
+SCHEMA = {"host": str, "port": int}  # Go's TCPConfig; decoding and `peekaping-worker types` read it
+FIELDS = {  # field -> what it means (for `peekaping-worker types`)
+    "host": "host name or IPv4 address to connect to",
+    "port": "TCP port, 1-65535",
+}
+SUMMARY = "open a TCP connection to host:port and close it at once; UP when the handshake completes"
+EXAMPLES = {"tcp": ({"host": "127.0.0.1", "port": 6379}, "UP", "when something listens on 127.0.0.1:6379")}
 
 
 async def check(monitor: Monitor, proxy: dict | None, budget: float) -> Result:
@@ -38,9 +44,12 @@ async def _dial(host: str, port: int) -> None:
         raise _DialError(f"dial tcp: address {port}: invalid port")
     infos = _literal_address(host, port)
     if infos is None:  # a name: resolve it (in a thread, as the system resolver blocks)
+        # Go answers this without asking DNS (after /etc/hosts, which is not consulted here for such names)
+        if host and not is_domain_name(host):
+            raise _DialError(f"dial tcp: lookup {host}: no such host")
         try:
             infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
-        except socket.gaierror:
+        except (socket.gaierror, UnicodeError):
             raise _DialError(f"dial tcp: lookup {host}{_resolver_suffix()}: no such host") from None
     last: Exception | None = None
     for family, kind, proto, _, address in infos:
