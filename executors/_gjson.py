@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Callable
 
+from executors._limits import checkpoint  # every loop over the document stops here when the work is abandoned
+
 NULL, FALSE, NUMBER, STRING, TRUE, JSON = range(6)
 
 
@@ -124,7 +126,11 @@ def _squash(s: str, i: int) -> tuple[int, str]:
     depth = 0
     pos = i
     n = len(s)
+    steps = 0
     while pos < n:
+        steps += 1
+        if not steps & 1023:
+            checkpoint()
         m = _STRUCT.search(s, pos)
         if m is None:
             break
@@ -202,15 +208,20 @@ def _value_at(s: str, i: int) -> tuple[int, Result]:
 
 def parse(text: str) -> Result:
     """gjson.Parse: the first value of a document (an object or array takes the rest of the text)."""
-    for i, ch in enumerate(text):
-        if ch in "{[":
-            return Result(JSON, text[i:])
-        if ch <= " ":
-            continue
-        if ch == "-" or ch.isdigit() or ch in '"tfn':
-            return _value_at(text, i)[1]
+    m = _NOT_SPACE.search(text)
+    if m is None:
         return Result()
+    i = m.start()
+    ch = text[i]
+    if ch in "{[":
+        return Result(JSON, text[i:])
+    if ch == "-" or ch.isdigit() or ch in '"tfn':
+        return _value_at(text, i)[1]
     return Result()
+
+
+_NOT_SPACE = re.compile(r"[^\x00- ]")
+_OPENING = re.compile(r"[{\[]")
 
 
 def _elements(raw: str) -> tuple[str, list[tuple[Result | None, Result]]]:
@@ -221,6 +232,7 @@ def _elements(raw: str) -> tuple[str, list[tuple[Result | None, Result]]]:
     kind, out = doc[0], []
     i, n = 1, len(doc)
     while i < n:
+        checkpoint()
         key = None
         if kind == "{":
             m = _KEY_OR_END.search(doc, i)
@@ -327,6 +339,7 @@ def _parse_object(c: _Ctx, i: int, path: str) -> tuple[int, bool]:
     if not rp.more and rp.piped:
         c.pipe, c.piped = rp.pipe, True
     while i < n:
+        checkpoint()
         m = _KEY_OR_END.search(s, i)
         if m is None:
             return n, False
@@ -544,6 +557,7 @@ def _parse_array(c: _Ctx, i: int, path: str) -> tuple[int, bool]:
     values: list[int] = []
     h = 0
     while True:
+        checkpoint()
         pmatch = not rp.arrch and partidx == h
         hit = pmatch and not rp.more
         h += 1
@@ -629,17 +643,14 @@ def get(doc: str, path: str) -> Result:
             multi = _multipath(doc, path)
             if multi is not None:
                 return multi
+    checkpoint()
     c = _Ctx(doc)
     if path.startswith(".."):
         _parse_array(c, 0, path[2:])
     else:
-        for i, ch in enumerate(doc):
-            if ch == "{":
-                _parse_object(c, i + 1, path)
-                break
-            if ch == "[":
-                _parse_array(c, i + 1, path)
-                break
+        m = _OPENING.search(doc)
+        if m is not None:
+            (_parse_object if m.group() == "{" else _parse_array)(c, m.end(), path)
     if c.piped:
         return get(c.value.raw, c.pipe)
     return c.value
@@ -795,7 +806,11 @@ def _reject(name: str) -> None:
 def _ugly(text: str) -> str:
     out = []
     i, n = 0, len(text)
+    steps = 0
     while i < n:
+        steps += 1
+        if not steps & 4095:
+            checkpoint()
         ch = text[i]
         if ch == '"':
             end = _string(text, i + 1)[0]

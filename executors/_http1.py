@@ -20,12 +20,10 @@ import re
 import socket
 import ssl
 import time
-import zlib
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from executors import _tls
+from executors import _limits, _tls, is_domain_name
 
 HEAD_LIMIT = 256 * 1024  # status line plus headers of one response
 LINE_LIMIT = 64 * 1024  # one header line; also caps what a stream buffers ahead (2x) before pausing
@@ -115,12 +113,20 @@ def redact(raw: str) -> str:
     return _USERINFO.sub(r"\1***@", raw, count=1)
 
 
-@functools.lru_cache(maxsize=4096)
+_urls = _limits.BoundedCache(max_bytes=4 << 20, max_entries=4096, max_item=64 * 1024)
+
+
 def parse_url(raw: str) -> URL:
     """url.Parse plus the request-time checks of net/http; GoError with Go's text on failure.
 
-    Cached: a monitor asks for the same URL every interval. Callers must not modify the result.
+    Cached: a monitor asks for the same URL every interval. The cache is bounded in bytes (a URL
+    object holds ~4 copies of the text); URLs over 16 KiB are parsed per use instead. Callers must
+    not modify the result.
     """
+    return _urls.get_or_make(raw, lambda: _parse_url(raw), 4 * len(raw) + 512)
+
+
+def _parse_url(raw: str) -> URL:
     shown = go_quote(redact(raw))
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
         raise GoError(f"parse {shown}: net/url: invalid control character in URL")
@@ -187,8 +193,14 @@ def check_target(url: URL) -> None:
         raise GoError(f"dial tcp: address {url.port}: invalid port")
 
 
-@functools.lru_cache(maxsize=4096)
 def _is_ip(host: str) -> bool:
+    if len(host) > 255:  # longer than any address text: not cached (the cache holds short keys only)
+        return False
+    return _is_ip_cached(host)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip_cached(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
         return True
@@ -397,10 +409,11 @@ class Response:
         """The body, of which at most `keep` (decoded) bytes are kept; the rest is read and dropped.
 
         Reading on to the end (as Go does) keeps Go's statuses: an endless or broken body is a read
-        error, a long one is judged on its first `keep` bytes; memory stays bounded either way.
+        error, a long one is judged on its first `keep` bytes; memory stays bounded either way. gzip is
+        inflated only up to the body cap (`_limits.Inflater`): compressed bytes past it are read raw.
         """
         out = bytearray()
-        inflate = _Inflater() if gzip else None
+        inflate = _limits.Inflater(max(keep, _limits.max_body_bytes())) if gzip else None
         started = perf()
         try:
             while True:
@@ -408,13 +421,15 @@ class Response:
                 if not piece:
                     break
                 if inflate is not None:
-                    inflate.feed(piece, out, keep)
+                    inflate.feed(piece, out, keep)  # past the body cap: a no-op, the piece is dropped
                 elif len(out) < keep:
                     out += piece[:keep - len(out)]
             if inflate is not None:
                 inflate.finish()
             self.done = True
             return out  # not copied into bytes: at 1 MiB a copy would double the peak
+        except _limits.InflateError as exc:
+            raise GoError(str(exc)) from None
         finally:
             if timings is not None:
                 timings.transfer += perf() - started
@@ -434,53 +449,6 @@ class Response:
         except GoError:
             pass
         self.close = True
-
-
-class _Inflater:
-    """gzip decoding with bounded output (a gzip bomb costs CPU time, never memory)."""
-
-    __slots__ = ("dec", "started")
-
-    def __init__(self) -> None:
-        self.dec: Any = None
-        self.started = False
-
-    def feed(self, data: bytes, out: bytearray, keep: int) -> None:
-        while data:
-            if self.dec is None:
-                self.dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                self.started = True
-            try:
-                chunk = self.dec.decompress(data, 65536)
-            except zlib.error as exc:
-                text = str(exc)
-                if "header" in text:
-                    raise GoError("gzip: invalid header") from None
-                if "check" in text or "crc" in text.lower():
-                    raise GoError("gzip: invalid checksum") from None
-                raise GoError("flate: corrupt input") from None
-            if len(out) < keep:
-                out += chunk[:keep - len(out)]
-            if self.dec.eof:
-                data = self.dec.unused_data
-                self.dec = None  # another gzip member may follow (Go reads multistream)
-                continue
-            data = self.dec.unconsumed_tail
-            if not data and len(chunk) == 65536:
-                data = b""
-                while True:
-                    chunk = self.dec.decompress(b"", 65536)
-                    if len(out) < keep:
-                        out += chunk[:keep - len(out)]
-                    if len(chunk) < 65536 or self.dec.eof:
-                        break
-                if self.dec.eof:
-                    data = self.dec.unused_data
-                    self.dec = None
-
-    def finish(self) -> None:
-        if self.dec is not None:
-            raise GoError("unexpected EOF")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -552,7 +520,9 @@ class Session:
         sent = perf()
         try:
             conn.writer.write(data)
-            if len(data) > 65536:
+            if body:
+                conn.writer.write(body)  # not joined to the head: a large body is not copied once more
+            if len(data) + len(body or b"") > 65536:
                 await conn.writer.drain()
         except (OSError, RuntimeError) as exc:
             if reused:
@@ -680,6 +650,8 @@ class Session:
         if _is_ip(host):
             addresses = [host]
         else:
+            if not is_domain_name(host):  # Go's resolver refuses such names without asking DNS
+                raise GoError(f"dial tcp: lookup {host}: no such host")
             started = perf()
             try:
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -799,6 +771,8 @@ class Session:
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
+            if not is_domain_name(host):
+                raise GoError(f"lookup {host}: no such host")
             started = perf()
             try:
                 infos = await asyncio.get_running_loop().getaddrinfo(host, url.port, family=socket.AF_INET,
@@ -825,6 +799,7 @@ class _StaleConnection(Exception):
 
 def _request_bytes(method: str, url: URL, header: dict[str, str], body: bytes | None, gzip: bool,
                    conn: Conn) -> bytes:
+    """The request line and headers (the body, if any, is written after them)."""
     target = url.absolute if conn.absolute_form else url.target
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {url.hostport}\r\n"]
     ua = header.get("User-Agent")
@@ -843,8 +818,7 @@ def _request_bytes(method: str, url: URL, header: dict[str, str], body: bytes | 
     if conn.absolute_form and conn.proxy_auth and "Proxy-Authorization" not in header:
         lines.append(f"Proxy-Authorization: {conn.proxy_auth}\r\n")
     lines.append("\r\n")
-    data = "".join(lines).encode("utf-8", "surrogateescape")
-    return data + body if body else data
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 def _status_line(line: bytes) -> tuple[int, str, int]:

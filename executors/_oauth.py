@@ -2,8 +2,9 @@
 
 Go fetches a token for every check; we keep it per (token URL, client id, secret, scopes, client
 auth style, proxy) so a monitor checked every 20 s does not hit the token endpoint every 20 s. The
-secret is part of the key (hashed), so a monitor with a wrong secret never borrows another monitor's
-token. Concurrent checks sharing a key wait for one fetch. A 401 answered to a cached token drops
+key is a digest of those fields (the secret is in it, so a monitor with a wrong secret never borrows
+another monitor's token; no field of any size is held), and the cache is bounded in bytes of tokens.
+Concurrent checks sharing a key wait for one fetch. A 401 answered to a cached token drops
 it and the check fetches a new one (see executors.http).
 """
 
@@ -14,13 +15,15 @@ import base64
 import hashlib
 import json
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 from urllib.parse import urlencode
 
+from executors import _limits
+
 DEFAULT_LIFETIME = 300.0  # seconds, for a token response without expires_in
 MAX_ENTRIES = 1024
+MAX_BYTES = 4 << 20  # summed token lengths; an endpoint answering megabyte tokens is not cached
 
 
 class TokenError(Exception):
@@ -33,13 +36,16 @@ class _Token:
     expires: float  # time.monotonic()
 
 
-_cache: OrderedDict[tuple, _Token] = OrderedDict()
+_cache = _limits.BoundedCache(MAX_BYTES, MAX_ENTRIES, max_item=256 * 1024)
 _inflight: dict[tuple, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
 
 
 def cache_key(token_url: str, client_id: str, secret: str, scopes: str, style: str, proxy: object) -> tuple:
-    return (token_url, client_id, hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest(), scopes,
-            style == "client_secret_basic", proxy)
+    h = hashlib.sha256()
+    for part in (token_url, client_id, secret, scopes, str(style == "client_secret_basic"), repr(proxy)):
+        data = part.encode("utf-8", "surrogateescape")
+        h.update(len(data).to_bytes(8, "big") + data)
+    return (h.digest(),)
 
 
 def request_parts(client_id: str, secret: str, scopes: str, style: str) -> tuple[dict[str, str], bytes]:
@@ -101,16 +107,15 @@ def cached(key: tuple) -> str | None:
     if entry is None:
         return None
     if entry.expires <= time.monotonic():
-        _cache.pop(key, None)
+        _cache.pop(key)
         return None
-    _cache.move_to_end(key)
     return entry.value
 
 
 def invalidate(key: tuple, token: str) -> None:
     entry = _cache.get(key)
     if entry is not None and entry.value == token:
-        _cache.pop(key, None)
+        _cache.pop(key)
 
 
 async def token(key: tuple, fetch: Callable[[], Awaitable[tuple[str, float]]]) -> tuple[str, bool]:
@@ -136,9 +141,7 @@ async def token(key: tuple, fetch: Callable[[], Awaitable[tuple[str, float]]]) -
         if _inflight.get(key, (None, None))[1] is future:
             _inflight.pop(key, None)
     if lifetime > 0:
-        _cache[key] = _Token(value, _expiry(lifetime))
-        while len(_cache) > MAX_ENTRIES:
-            _cache.popitem(last=False)
+        _cache.put(key, _Token(value, _expiry(lifetime)), len(value) + 256)
     if not future.done():
         future.set_result((value, lifetime))
     return value, True

@@ -18,17 +18,15 @@ import os
 import re
 import ssl
 import tempfile
-import threading
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import _ssl
 
-from executors import format_rfc3339
+from executors import _limits, format_rfc3339
 
 # `cryptography` (~10 MB of RSS) is imported on first use: a worker that only checks plain-http
 # monitors never loads it.
@@ -73,8 +71,9 @@ def chain_der(ssl_object: Any, verified: bool) -> list[bytes]:
     return [c if isinstance(c, bytes) else c.public_bytes(_ssl.ENCODING_DER) for c in certs]
 
 
-_contexts: dict[tuple, ssl.SSLContext] = {}
-_contexts_lock = threading.Lock()
+# Keyed by digests of the PEM texts (a config may carry megabytes of them); bounded in bytes too, as
+# a context holds its parsed trust anchors and client pair.
+_contexts = _limits.BoundedCache(max_bytes=32 << 20, max_entries=256, max_item=4 << 20)
 
 
 def _system_paths_key() -> tuple[str | None, str | None]:
@@ -93,7 +92,8 @@ def _digest(*parts: str | None) -> str | None:
 
 def client_context(settings: TLSSettings) -> ssl.SSLContext:
     """A client context for these settings, built once (building one costs ~30 ms of CPU)."""
-    key = (settings, _system_paths_key() if settings.ca_pem is None else None)
+    key = (settings.verify, _digest(settings.ca_pem), _digest(settings.cert_pem, settings.key_pem),
+           _system_paths_key() if settings.ca_pem is None else None)
     ctx = _contexts.get(key)
     if ctx is not None:
         return ctx
@@ -110,10 +110,8 @@ def client_context(settings: TLSSettings) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     ctx.sslobject_class = _CapturingSSLObject
-    with _contexts_lock:
-        if len(_contexts) > 256:  # many distinct mTLS identities: start over rather than grow
-            _contexts.clear()
-        _contexts[key] = ctx
+    pem_bytes = sum(len(p) for p in (settings.ca_pem, settings.cert_pem, settings.key_pem) if p)
+    _contexts.put(key, ctx, 2 * pem_bytes + (64 << 10))
     return ctx
 
 
@@ -202,7 +200,7 @@ def has_ca_cert(text: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 # Chain verification when the handshake skipped it (ignore_tls_errors)
 
-_stores: dict[tuple, Any] = {}
+_stores = _limits.BoundedCache(max_bytes=32 << 20, max_entries=64, max_item=8 << 20)  # keyed by digest
 
 
 def _store(ca_pem: str | None) -> Any:
@@ -242,9 +240,7 @@ def _store(ca_pem: str | None) -> Any:
     if not certs:
         return None
     store = verification.Store(certs)
-    if len(_stores) > 64:
-        _stores.clear()
-    _stores[key] = store
+    _stores.put(key, store, 2 * len(data) + 4096)
     return store
 
 
@@ -296,7 +292,7 @@ def verify_chain(chain: list[bytes], host: str, ca_pem: str | None) -> list[byte
 # --------------------------------------------------------------------------------------------------
 # tls_info (spec 4.4), with the chain nested through issuerCertificate
 
-_static: OrderedDict[bytes, dict] = OrderedDict()
+_static = _limits.BoundedCache(max_bytes=8 << 20, max_entries=512)  # keyed by DER a peer sent
 
 _SIG_NAMES = {
     "1.2.840.113549.1.1.2": "MD2-RSA", "1.2.840.113549.1.1.4": "MD5-RSA", "1.2.840.113549.1.1.5": "SHA1-RSA",
@@ -382,7 +378,6 @@ def _static_info(der: bytes) -> dict:
 
     hit = _static.get(der)
     if hit is not None:
-        _static.move_to_end(der)
         return hit
     with warnings.catch_warnings():  # Go accepts negative serial numbers; so do we
         warnings.simplefilter("ignore")
@@ -415,9 +410,7 @@ def _static_info(der: bytes) -> dict:
     except Exception:
         info["version"] = 0
     info["_not_after"] = cert.not_valid_after_utc.timestamp()
-    _static[der] = info
-    if len(_static) > 512:
-        _static.popitem(last=False)
+    _static.put(der, info, 2 * len(der) + 4096)
     return info
 
 

@@ -9,15 +9,15 @@ Decisions beyond the spec (issue 3): `tls_info` carries the whole chain (issuerC
 `valid` tells whether the chain verifies even when `ignore_tls_errors` let the check go on, the
 certificate is reported when verification fails, socks4 speaks SOCKS4, the proxy also carries the
 OAuth2 token request, tokens are cached, and bodies are kept only up to HTTP_MAX_BODY_BYTES.
+The bounds on what a target or a config may cost (body cap, gzip inflated only up to it, keyword and
+JSON work through `_limits.offload`, caches bounded in bytes) live in executors/_limits.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from executors import (DOWN, UP, VERSION, Monitor, Result, decode_config, go_char as _go_char, go_json_error,
                        instant, reject_json_constant as _reject_constant)
-from executors import _gjson, _oauth, _tls
+from executors import _clean_value, _gjson, _limits, _oauth, _tls
 from executors._http1 import (GoError, Proxy, Response, Session, Timings, TLSState, URL, check_target, go_quote,
                               parse_url, proxy_from_task, redact)
 
@@ -43,7 +43,8 @@ CONTENT_TYPES = {"json": "application/json", "form": "application/x-www-form-url
 STATUS_CLASSES = {"2XX": 2, "3XX": 3, "4XX": 4, "5XX": 5}  # the executor never matches 1XX
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
 SENSITIVE = frozenset(("Authorization", "Www-Authenticate", "Cookie", "Cookie2"))
-DEFAULT_MAX_BODY = 1 << 20
+DEFAULT_MAX_BODY = _limits.DEFAULT_MAX_BODY
+max_body_bytes = _limits.max_body_bytes  # HTTP_MAX_BODY_BYTES: how much of a body keyword and JSON checks see
 BODY_TIMEOUT = ("Failed to read response body: context deadline exceeded "
                 "(Client.Timeout or context cancellation while reading body)")
 
@@ -51,18 +52,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def max_body_bytes() -> int:
-    """HTTP_MAX_BODY_BYTES (default 1 MiB): how much of a body keyword and JSON checks see."""
-    raw = os.environ.get("HTTP_MAX_BODY_BYTES", "")
-    try:
-        value = int(raw)
-    except ValueError:
-        return DEFAULT_MAX_BODY
-    return value if value >= 0 else DEFAULT_MAX_BODY
-
-
 async def check(monitor: Monitor, proxy: dict | None, budget: float) -> Result:
     plan = _plan(monitor.config)
+    _limits.trim_soon(len(monitor.config))
     if plan.error is not None:
         return instant(DOWN, plan.error)
     return await _Check(monitor.type, plan, proxy_from_task(proxy)).run(budget)
@@ -83,8 +75,17 @@ class _Plan:
     oauth: bool = False
 
 
-@functools.lru_cache(maxsize=2048)
+# A plan holds about three copies of its config (the text as key, the decoded fields, the body bytes):
+# bounded in bytes, and a config over ~85 KiB is planned per check rather than held.
+_plans = _limits.BoundedCache(max_bytes=8 << 20, max_entries=2048, max_item=256 * 1024)
+
+
 def _plan(config: str) -> _Plan:
+    """The plan of a config, from the cache when it was seen recently."""
+    return _plans.get_or_make(config, lambda: _make_plan(config), 3 * len(config) + 2048)
+
+
+def _make_plan(config: str) -> _Plan:
     """Steps 1-5 and 7 of spec 6.1.2 up to sending. ConfigError propagates (and is not cached)."""
     cfg = decode_config(config, SCHEMA, "HTTPConfig")
     method = cfg["method"] or "GET"
@@ -161,7 +162,9 @@ def _kind(value: object) -> str:
 def _string_map(text: str) -> dict[str, str]:
     """json.Unmarshal into map[string]string; ValueError with Go's text."""
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _clean_value(json.loads(text, parse_constant=_reject_constant))
+    except RecursionError:
+        raise ValueError("exceeded max depth") from None
     except json.JSONDecodeError as exc:
         if exc.doc in ("NaN", "Infinity", "-Infinity"):  # Python accepts these words, Go does not
             start = text.find(exc.doc)
@@ -423,15 +426,16 @@ class _Check:
         except GoError as exc:
             return self._result(DOWN, f"Failed to read response body: {exc}")
         client.session.release(resp)
+        _limits.trim_soon(len(data))
         if keyword:
-            found = keyword.encode("utf-8", "surrogateescape") in data
+            found = await _limits.offload(_contains, data, keyword.encode("utf-8", "surrogateescape"))
             if self.cfg["invert_keyword"] and found:
                 return self._result(DOWN, f"Keyword check failed: keyword '{keyword}' found in response (expected absent)")
             if not self.cfg["invert_keyword"] and not found:
                 return self._result(DOWN, f"Keyword check failed: keyword '{keyword}' not found in response")
         if json_step:
             q, c, v = self.cfg["json_query"], self.cfg["json_condition"], self.cfg["expected_value"]
-            passed, problem = json_check(data.decode("utf-8", "surrogateescape"), q, c, v)
+            passed, problem = await _limits.offload(_json_step, data, q, c, v)
             if problem is not None:
                 return self._result(DOWN, f"JSON query validation error: {problem}")
             if not passed:
@@ -497,7 +501,7 @@ class _Check:
                 data = await resp.read_body(DEFAULT_MAX_BODY, resp.gzip)
             except GoError as exc:
                 raise _oauth.TokenError(f"failed to parse oauth2 token response: {exc}") from None
-            return _oauth.parse_response(resp.status, data, go_json_error)
+            return await _limits.offload(_oauth.parse_response, resp.status, data, go_json_error)
         finally:
             await session.aclose()
 
@@ -512,6 +516,15 @@ def _canonical(text: str) -> str | None:
     except (ValueError, RecursionError):
         return None
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _contains(data: bytearray, keyword: bytes) -> bool:
+    return keyword in data  # one C search, linear in the body (which the cap bounds)
+
+
+def _json_step(data: bytearray, query: str, cond: str, expected: str) -> tuple[bool, str | None]:
+    """Decode and query a body: work whose cost a target decides, so it runs under `_limits.offload`."""
+    return json_check(data.decode("utf-8", "surrogateescape"), query, cond, expected)
 
 
 def json_check(body: str, query: str, cond: str, expected: str) -> tuple[bool, str | None]:
