@@ -1,9 +1,13 @@
-"""Asynq v0.25.1 wire protocol: key names, protobuf messages, broker Lua scripts, the enqueue client.
+"""Asynq v0.25.1 wire protocol: key names, protobuf messages, the broker, the enqueue client.
 
 Everything a Go asynq server, client or Inspector reads is written here exactly as Go writes it, so a
-Python worker can share queues with Go processes. The scripts are our own, written from the protocol
-spec; several broker operations are batched (many tasks per script call or pipeline) because round
-trips, not Redis, bound throughput.
+Python worker can share queues with Go processes. The Lua scripts (`asynq_scripts`) are our own,
+written from the protocol spec; several broker operations are batched (many tasks per script call or
+pipeline) because round trips, not Redis, bound throughput.
+
+Every text this module serialises is valid UTF-8: lone surrogates become U+FFFD, as Go turns invalid
+UTF-8 into U+FFFD. A task whose stored message does not decode is archived with a readable error and
+its bytes kept (see `Broker.archive_corrupt`) instead of stopping whoever read it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,9 +23,12 @@ from typing import Any, Iterable, Sequence
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
+from asynq_scripts import SCRIPTS
+
 __all__ = [
     "TaskMessage", "ServerInfo", "WorkerInfo", "Broker", "Client", "EnqueueError", "TaskAlreadyExists",
-    "TaskIDConflict", "LEASE_SECONDS", "task_key", "unique_key", "retry_delay_seconds",
+    "TaskIDConflict", "LEASE_SECONDS", "task_key", "unique_key", "retry_delay_seconds", "valid_text",
+    "Corrupt", "Taken", "decode_task", "corrupt_record", "server_keys",
 ]
 
 LEASE_SECONDS = 30
@@ -104,6 +112,85 @@ def set_timestamp(ts: Any, unix_seconds: float) -> None:
     ts.seconds, ts.nanos = divmod(ns, 1_000_000_000)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD, so that it encodes as UTF-8.
+
+    Python makes lone surrogates of undecodable bytes (surrogateescape) and of unpaired `\\udXXX` JSON
+    escapes; protobuf refuses to serialise them, and Go has U+FFFD where the bytes were invalid.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Stored task messages that do not decode
+
+CORRUPT_PREFIX = "cannot decode task message: "
+
+
+@dataclass(slots=True)
+class Corrupt:
+    """A task whose stored `msg` does not decode, or names another id or queue than the one it is under."""
+    queue: str
+    id: bytes  # as stored in the queue's lists, which need not be UTF-8
+    raw: bytes  # the stored msg, verbatim
+    error: str  # "cannot decode task message: <why>"
+
+    @property
+    def task_id(self) -> str:
+        return self.id.decode("utf-8", "replace")
+
+
+@dataclass(slots=True)
+class Taken:
+    """What one dequeue call took: the tasks to run, the corrupt ones, when their leases expire."""
+    messages: list
+    corrupt: list
+    lease_expiry: float  # unix seconds on the local clock
+    not_hashes: list = field(default_factory=list)  # (queue, id) whose task key is not a hash: dropped
+
+
+def decode_task(queue: str, task_id: bytes, raw: bytes) -> Any:
+    """The TaskMessage stored as task `task_id` of `queue`, or a Corrupt saying why it cannot be run."""
+    msg = TaskMessage()
+    try:
+        msg.ParseFromString(raw)
+    except Exception as exc:  # DecodeError; whatever else the parser raises means the same
+        return Corrupt(queue, task_id, raw, CORRUPT_PREFIX + str(exc))
+    if msg.id.encode() != task_id or msg.queue != queue:
+        stored = task_id.decode("utf-8", "replace")
+        return Corrupt(queue, task_id, raw, CORRUPT_PREFIX + f"it names task {msg.id!r} of queue {msg.queue!r} "
+                                                            f"but is stored as task {stored!r} of queue {queue!r}")
+    return msg
+
+
+def corrupt_record(corrupt: Corrupt, now: float) -> Any:
+    """The valid TaskMessage that replaces a corrupt one in the archive (the raw bytes are its payload)."""
+    return TaskMessage(type=_leading_type(corrupt.raw), payload=corrupt.raw, id=corrupt.task_id,
+                       queue=corrupt.queue, error_msg=valid_text(corrupt.error), last_failed_at=int(now))
+
+
+def _leading_type(raw: bytes) -> str:
+    """The task type if the bytes start with it intact (encoders write field 1 first); "" otherwise."""
+    size = shift = 0
+    for pos in range(1, min(len(raw), 6)) if raw[:1] == b"\x0a" else ():
+        size |= (raw[pos] & 0x7F) << shift
+        shift += 7
+        if raw[pos] < 0x80:
+            chunk = raw[pos + 1:pos + 1 + size]
+            try:
+                return chunk.decode("utf-8") if len(chunk) == size else ""
+            except UnicodeDecodeError:
+                return ""
+    return ""
+
+
 # --------------------------------------------------------------------------------------------------
 # Keys
 
@@ -129,224 +216,6 @@ def retry_delay_seconds(retried: int) -> int:
     return retried ** 4 + 15 + random.randint(0, 29) * (retried + 1)
 
 
-# --------------------------------------------------------------------------------------------------
-# Lua scripts. Each mirrors one Go broker script; keys and arguments follow the protocol spec.
-
-_STATS = """
-local function bump_day(key, expire_at)
-  if redis.call("INCR", key) == 1 then redis.call("EXPIREAT", key, expire_at) end
-end
-local function bump_total(key, maxint)
-  if redis.call("GET", key) == maxint then redis.call("SET", key, 1) else redis.call("INCR", key) end
-end
-local function bump_pair(processed, failed, maxint)
-  if redis.call("GET", processed) == maxint then
-    redis.call("SET", processed, 1); redis.call("SET", failed, 1)
-  else
-    redis.call("INCR", processed); redis.call("INCR", failed)
-  end
-end
-local function leave_active(active, lease, id)
-  if redis.call("LREM", active, 0, id) == 0 then return redis.error_reply("NOT FOUND") end
-  if redis.call("ZREM", lease, id) == 0 then return redis.error_reply("NOT FOUND") end
-  return nil
-end
-"""
-
-SCRIPTS: dict[str, str] = {
-    # KEYS: t, pending.  ARGV: msg, id, now_ns
-    "enqueue": """
-if redis.call("EXISTS", KEYS[1]) == 1 then return 0 end
-redis.call("HSET", KEYS[1], "msg", ARGV[1], "state", "pending", "pending_since", ARGV[3])
-redis.call("LPUSH", KEYS[2], ARGV[2])
-return 1
-""",
-    # KEYS: unique, t, pending.  ARGV: id, ttl, msg, now_ns
-    "enqueue_unique": """
-if not redis.call("SET", KEYS[1], ARGV[1], "NX", "EX", ARGV[2]) then return -1 end
-if redis.call("EXISTS", KEYS[2]) == 1 then return 0 end
-redis.call("HSET", KEYS[2], "msg", ARGV[3], "state", "pending", "pending_since", ARGV[4], "unique_key", KEYS[1])
-redis.call("LPUSH", KEYS[3], ARGV[1])
-return 1
-""",
-    # KEYS: t, scheduled.  ARGV: msg, process_at, id
-    "schedule": """
-if redis.call("EXISTS", KEYS[1]) == 1 then return 0 end
-redis.call("HSET", KEYS[1], "msg", ARGV[1], "state", "scheduled")
-redis.call("ZADD", KEYS[2], ARGV[2], ARGV[3])
-return 1
-""",
-    # KEYS: unique, t, scheduled.  ARGV: id, ttl, process_at, msg
-    "schedule_unique": """
-if not redis.call("SET", KEYS[1], ARGV[1], "NX", "EX", ARGV[2]) then return -1 end
-if redis.call("EXISTS", KEYS[2]) == 1 then return 0 end
-redis.call("HSET", KEYS[2], "msg", ARGV[4], "state", "scheduled", "unique_key", KEYS[1])
-redis.call("ZADD", KEYS[3], ARGV[3], ARGV[1])
-return 1
-""",
-    # Many Go dequeues in one call. KEYS: per queue i: pending, paused, active, lease.
-    # ARGV: lease_expiry, slots, then one task-key prefix per queue, then one queue order per slot
-    # ("2,1,3"). Each slot walks its order and takes the first task, exactly like one Go dequeue.
-    # An id whose hash is missing is dropped from active/lease instead of being left stuck there.
-    "dequeue_batch": """
-local nq = #KEYS / 4
-local slots = tonumber(ARGV[2])
-local out = {}
-local empty = {}
-for q = 1, nq do
-  if redis.call("EXISTS", KEYS[(q-1)*4+2]) == 1 then empty[q] = true end
-end
-for s = 1, slots do
-  local got = false
-  for qs in string.gmatch(ARGV[2 + nq + s], "%d+") do
-    local q = tonumber(qs)
-    while not empty[q] do
-      local b = (q-1)*4
-      local id = redis.call("RPOPLPUSH", KEYS[b+1], KEYS[b+3])
-      if not id then empty[q] = true break end
-      local key = ARGV[2+q] .. id
-      redis.call("HSET", key, "state", "active")
-      redis.call("HDEL", key, "pending_since")
-      redis.call("ZADD", KEYS[b+4], ARGV[1], id)
-      local msg = redis.call("HGET", key, "msg")
-      if msg then
-        out[#out+1] = msg
-        got = true
-        break
-      end
-      redis.call("LREM", KEYS[b+3], 1, id)
-      redis.call("ZREM", KEYS[b+4], id)
-      redis.call("DEL", key)
-    end
-    if got then break end
-  end
-  if not got then break end
-end
-return out
-""",
-    # KEYS: active, lease, t, processed:day, processed[, unique]. ARGV: id, stats_expire_at, maxint
-    "done": _STATS + """
-local err = leave_active(KEYS[1], KEYS[2], ARGV[1]) if err then return err end
-if redis.call("DEL", KEYS[3]) == 0 then return redis.error_reply("NOT FOUND") end
-bump_day(KEYS[4], ARGV[2])
-bump_total(KEYS[5], ARGV[3])
-if KEYS[6] and redis.call("GET", KEYS[6]) == ARGV[1] then redis.call("DEL", KEYS[6]) end
-return redis.status_reply("OK")
-""",
-    # KEYS: active, lease, completed, t, processed:day, processed[, unique].
-    # ARGV: id, stats_expire_at, completed_score, msg, maxint
-    "mark_complete": _STATS + """
-local err = leave_active(KEYS[1], KEYS[2], ARGV[1]) if err then return err end
-if redis.call("ZADD", KEYS[3], ARGV[3], ARGV[1]) ~= 1 then return redis.error_reply("INTERNAL") end
-redis.call("HSET", KEYS[4], "msg", ARGV[4], "state", "completed")
-bump_day(KEYS[5], ARGV[2])
-bump_total(KEYS[6], ARGV[5])
-if KEYS[7] and redis.call("GET", KEYS[7]) == ARGV[1] then redis.call("DEL", KEYS[7]) end
-return redis.status_reply("OK")
-""",
-    # KEYS: active, lease, pending, t. ARGV: id
-    "requeue": _STATS + """
-local err = leave_active(KEYS[1], KEYS[2], ARGV[1]) if err then return err end
-redis.call("RPUSH", KEYS[3], ARGV[1])
-redis.call("HSET", KEYS[4], "state", "pending")
-return redis.status_reply("OK")
-""",
-    # KEYS: t, active, lease, retry, processed:day, failed:day, processed, failed.
-    # ARGV: id, msg, retry_at, stats_expire_at, is_failure, maxint
-    "retry": _STATS + """
-local err = leave_active(KEYS[2], KEYS[3], ARGV[1]) if err then return err end
-redis.call("ZADD", KEYS[4], ARGV[3], ARGV[1])
-redis.call("HSET", KEYS[1], "msg", ARGV[2], "state", "retry")
-if tonumber(ARGV[5]) == 1 then
-  bump_day(KEYS[5], ARGV[4])
-  bump_day(KEYS[6], ARGV[4])
-  bump_pair(KEYS[7], KEYS[8], ARGV[6])
-end
-return redis.status_reply("OK")
-""",
-    # KEYS: t, active, lease, archived, processed:day, failed:day, processed, failed, t-prefix.
-    # ARGV: id, msg, now, cutoff, max_size, stats_expire_at, maxint
-    "archive": _STATS + """
-local err = leave_active(KEYS[2], KEYS[3], ARGV[1]) if err then return err end
-redis.call("ZADD", KEYS[4], ARGV[3], ARGV[1])
-for _, old in ipairs(redis.call("ZRANGEBYSCORE", KEYS[4], "-inf", ARGV[4])) do
-  redis.call("DEL", KEYS[9] .. old)
-  redis.call("ZREM", KEYS[4], old)
-end
-for _, old in ipairs(redis.call("ZRANGE", KEYS[4], 0, -tonumber(ARGV[5]))) do
-  redis.call("DEL", KEYS[9] .. old)
-  redis.call("ZREM", KEYS[4], old)
-end
-redis.call("HSET", KEYS[1], "msg", ARGV[2], "state", "archived")
-bump_day(KEYS[5], ARGV[6])
-bump_day(KEYS[6], ARGV[6])
-bump_pair(KEYS[7], KEYS[8], ARGV[7])
-return redis.status_reply("OK")
-""",
-    # KEYS: source zset, pending. ARGV: now, t-prefix, now_ns, group-prefix
-    "forward": """
-local ids = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1], "LIMIT", 0, 100)
-for _, id in ipairs(ids) do
-  local key = ARGV[2] .. id
-  local group = redis.call("HGET", key, "group")
-  if group and group ~= "" then
-    redis.call("ZADD", ARGV[4] .. group, ARGV[1], id)
-    redis.call("ZREM", KEYS[1], id)
-    redis.call("HSET", key, "state", "aggregating")
-  else
-    redis.call("LPUSH", KEYS[2], id)
-    redis.call("ZREM", KEYS[1], id)
-    redis.call("HSET", key, "state", "pending", "pending_since", ARGV[3])
-  end
-end
-return #ids
-""",
-    # KEYS: lease. ARGV: cutoff, t-prefix.  Read-only.
-    "list_lease_expired": """
-local out = {}
-for _, id in ipairs(redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1])) do
-  local msg = redis.call("HGET", ARGV[2] .. id, "msg")
-  if msg then out[#out+1] = msg end
-end
-return out
-""",
-    # KEYS: completed. ARGV: now, t-prefix, batch
-    "delete_expired_completed": """
-local ids = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1], "LIMIT", 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do
-  redis.call("DEL", ARGV[2] .. id)
-  redis.call("ZREM", KEYS[1], id)
-end
-return #ids
-""",
-    # KEYS: server key, workers key. ARGV: ttl, server info, (id, worker info)...
-    "write_server_state": """
-redis.call("SETEX", KEYS[1], ARGV[1], ARGV[2])
-redis.call("DEL", KEYS[2])
-for i = 3, #ARGV, 2 do redis.call("HSET", KEYS[2], ARGV[i], ARGV[i+1]) end
-redis.call("EXPIRE", KEYS[2], ARGV[1])
-return redis.status_reply("OK")
-""",
-    # KEYS: server key, workers key
-    "clear_server_state": """
-redis.call("DEL", KEYS[1])
-redis.call("DEL", KEYS[2])
-return redis.status_reply("OK")
-""",
-    # Reclaim stale aggregation sets (the recoverer does this even without a group aggregator).
-    # KEYS: aggregation_sets. ARGV: now
-    "reclaim_stale_aggregation_sets": """
-for _, setkey in ipairs(redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1])) do
-  local groupkey = string.match(setkey, "^(.*):[^:]*$")
-  for _, pair in ipairs({redis.call("ZRANGE", setkey, 0, -1, "WITHSCORES")}) do
-    for i = 1, #pair, 2 do redis.call("ZADD", groupkey, pair[i+1], pair[i]) end
-  end
-  redis.call("DEL", setkey)
-  redis.call("ZREM", KEYS[1], setkey)
-end
-return redis.status_reply("OK")
-""",
-}
 _SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
 
 
@@ -461,26 +330,51 @@ class Broker:
             self._flusher.cancel()
 
     # --- server-side operations ----------------------------------------------------------------
-    async def dequeue(self, queues: Sequence[str], orders: Sequence[Sequence[int]]) -> list[Any]:
-        """Take up to len(orders) tasks; orders[i] lists queue indexes to try, in order, for slot i."""
-        keys: list[str] = []
+    async def take(self, queues: Sequence[str], orders: Sequence[Sequence[int]], worker: Any = None) -> Taken:
+        """Take up to len(orders) tasks; orders[i] lists queue indexes to try, in order, for slot i.
+
+        With `worker` (anything with host, pid and server_id), the same script lists each task taken in
+        that server's `asynq:workers:{…}` hash, so no task is active without a server naming it.
+        Lease scores are Redis TIME + 30 s; `lease_expiry` is that moment on the local clock (never
+        later than the Redis lease). Messages that do not decode come back in `corrupt`, still active.
+        """
+        prefix, wkey = b"", ALL_WORKERS  # without a worker the key is declared but never written
+        if worker is not None:
+            prefix = WorkerInfo(host=worker.host, pid=worker.pid, server_id=worker.server_id).SerializeToString()
+            wkey = server_keys(worker.host, worker.pid, worker.server_id)[1]
+        keys = [ALL_WORKERS, wkey]
         for q in queues:
             p = queue_prefix(q)
             keys += [p + "pending", p + "paused", p + "active", p + "lease"]
-        args: list[Any] = [int(time.time()) + LEASE_SECONDS, len(orders)]
-        args += [queue_prefix(q) + "t:" for q in queues]
+        args: list[Any] = [LEASE_SECONDS, len(orders), prefix, SERVER_INFO_TTL, *queues]
         args += [",".join(str(i + 1) for i in order) for order in orders]
-        return _decode_messages(await self.run("dequeue_batch", keys, args))
+        sent = time.time()
+        reply = await self.run("dequeue_batch", keys, args)
+        taken = Taken([], [], sent + LEASE_SECONDS - int(reply[1]) / 1e6)
+        for i in range(2, len(reply), 3):
+            queue, task_id, raw = queues[int(reply[i]) - 1], reply[i + 1], reply[i + 2]
+            if raw is None:
+                taken.not_hashes.append((queue, task_id.decode("utf-8", "replace")))
+                continue
+            got = decode_task(queue, task_id, raw)
+            (taken.corrupt if isinstance(got, Corrupt) else taken.messages).append(got)
+        return taken
 
-    def done(self, msg: Any, now: float | None = None) -> asyncio.Future:
+    async def dequeue(self, queues: Sequence[str], orders: Sequence[Sequence[int]]) -> list[Any]:
+        """The decodable messages of `take` without a worker (tools and tests)."""
+        return (await self.take(queues, orders)).messages
+
+    # `unlist`, on the completion writes: a workers key whose entry for the task goes in the same script
+    # (given while no heartbeat has listed the task: Go's hash would not show it).
+    def done(self, msg: Any, now: float | None = None, unlist: str = "") -> asyncio.Future:
         now = time.time() if now is None else now
         p = queue_prefix(msg.queue)
         keys = [p + "active", p + "lease", p + "t:" + msg.id, p + "processed:" + _day(now), p + "processed"]
         if msg.unique_key:
             keys.append(msg.unique_key)
-        return self.submit("done", keys, [msg.id, int(now) + STATS_TTL_SECONDS, MAX_INT64])
+        return self.submit("done", keys, [msg.id, int(now) + STATS_TTL_SECONDS, MAX_INT64, unlist])
 
-    def mark_complete(self, msg: Any, now: float | None = None) -> asyncio.Future:
+    def mark_complete(self, msg: Any, now: float | None = None, unlist: str = "") -> asyncio.Future:
         now = time.time() if now is None else now
         p = queue_prefix(msg.queue)
         done = TaskMessage()
@@ -491,15 +385,15 @@ class Broker:
         if msg.unique_key:
             keys.append(msg.unique_key)
         args = [msg.id, int(now) + STATS_TTL_SECONDS, int(now) + msg.retention, done.SerializeToString(),
-                MAX_INT64]
+                MAX_INT64, unlist]
         return self.submit("mark_complete", keys, args)
 
-    def requeue(self, msg: Any) -> asyncio.Future:
+    def requeue(self, msg: Any, unlist: str = "") -> asyncio.Future:
         p = queue_prefix(msg.queue)
-        return self.submit("requeue", [p + "active", p + "lease", p + "pending", p + "t:" + msg.id], [msg.id])
+        return self.submit("requeue", [p + "active", p + "lease", p + "pending", p + "t:" + msg.id], [msg.id, unlist])
 
     def retry(self, msg: Any, error: str, retry_at: float, is_failure: bool = True,
-              now: float | None = None) -> asyncio.Future:
+              now: float | None = None, unlist: str = "") -> asyncio.Future:
         now = time.time() if now is None else now
         p = queue_prefix(msg.queue)
         failed = _failed_copy(msg, error, now)
@@ -509,29 +403,43 @@ class Broker:
         keys = [p + "t:" + msg.id, p + "active", p + "lease", p + "retry", p + "processed:" + day,
                 p + "failed:" + day, p + "processed", p + "failed"]
         args = [msg.id, failed.SerializeToString(), int(retry_at), int(now) + STATS_TTL_SECONDS,
-                1 if is_failure else 0, MAX_INT64]
+                1 if is_failure else 0, MAX_INT64, unlist]
         return self.submit("retry", keys, args)
 
-    def archive(self, msg: Any, error: str, now: float | None = None) -> asyncio.Future:
+    def archive(self, msg: Any, error: str, now: float | None = None, unlist: str = "") -> asyncio.Future:
         now = time.time() if now is None else now
-        p = queue_prefix(msg.queue)
         failed = _failed_copy(msg, error, now)
+        return self._archive(msg.queue, msg.id.encode(), failed.SerializeToString(), now, [unlist])
+
+    def archive_corrupt(self, corrupt: Corrupt, now: float | None = None, unlist: str = "") -> asyncio.Future:
+        """Archive an active task whose msg does not decode, keeping it for inspection.
+
+        `msg` becomes a valid TaskMessage (same id and queue, the raw bytes as payload, `error_msg`
+        "cannot decode task message: …"), so Go's Inspector and asynqmon list and show it; the bytes
+        are also kept verbatim in the hash field `corrupt_msg`. Stats count it like any archive.
+        """
+        now = time.time() if now is None else now
+        record = corrupt_record(corrupt, now).SerializeToString()
+        return self._archive(corrupt.queue, corrupt.id, record, now, [unlist, corrupt.raw])
+
+    def _archive(self, queue: str, task_id: bytes, msg: bytes, now: float, extra: list) -> asyncio.Future:
+        p = queue_prefix(queue)
         day = _day(now)
         cutoff = int(now) - ARCHIVE_MAX_AGE_DAYS * 86400  # Go's AddDate(0,0,-90): in UTC, always 90 x 24 h
-        keys = [p + "t:" + msg.id, p + "active", p + "lease", p + "archived", p + "processed:" + day,
+        keys = [p.encode() + b"t:" + task_id, p + "active", p + "lease", p + "archived", p + "processed:" + day,
                 p + "failed:" + day, p + "processed", p + "failed", p + "t:"]
-        args = [msg.id, failed.SerializeToString(), int(now), cutoff, MAX_ARCHIVE_SIZE,
-                int(now) + STATS_TTL_SECONDS, MAX_INT64]
+        args = [task_id, msg, int(now), cutoff, MAX_ARCHIVE_SIZE, int(now) + STATS_TTL_SECONDS, MAX_INT64, *extra]
         return self.submit("archive", keys, args)
 
-    async def extend_leases(self, queue: str, ids: Iterable[str]) -> float:
-        """ZADD XX the new expiry for ids still leased; returns the new expiry (unix seconds)."""
-        expiry = time.time() + LEASE_SECONDS
-        score = int(expiry)
-        mapping = {task_id: score for task_id in ids}
-        if mapping:
-            await self.redis.zadd(queue_prefix(queue) + "lease", mapping, xx=True)
-        return expiry
+    async def extend_leases(self, queue: str, ids: Iterable[str]) -> float | None:
+        """Push the leases of ids still leased to Redis TIME + 30 s (ZADD XX); returns that moment on the
+        local clock, or None when there was nothing to extend."""
+        ids = list(ids)
+        if not ids:
+            return None
+        sent = time.time()
+        reply = await self.run("extend_leases", [queue_prefix(queue) + "lease"], [LEASE_SECONDS, *ids])
+        return sent + LEASE_SECONDS - int(reply[1]) / 1e6
 
     async def forward(self, queue: str) -> int:
         p = queue_prefix(queue)
@@ -546,9 +454,12 @@ class Broker:
                     break
         return moved
 
-    async def list_lease_expired(self, queue: str, cutoff: float) -> list[Any]:
+    async def list_lease_expired(self, queue: str, slack: float) -> list[Any]:
+        """Tasks of `queue` to recover: lease expired at least `slack` s ago by the Redis clock, and no
+        server lists them in its workers hash. Each is a TaskMessage, or a Corrupt if it does not decode."""
         p = queue_prefix(queue)
-        return _decode_messages(await self.run("list_lease_expired", [p + "lease"], [int(cutoff), p + "t:"]))
+        reply = await self.run("list_lease_expired", [p + "lease", ALL_WORKERS], [slack, p + "t:"])
+        return [decode_task(queue, reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
 
     async def reclaim_stale_aggregation_sets(self, queue: str) -> None:
         await self.run("reclaim_stale_aggregation_sets", [queue_prefix(queue) + "aggregation_sets"],
@@ -564,40 +475,28 @@ class Broker:
             if n == 0:
                 return total
 
-    async def write_server_state(self, info: Any, workers: Sequence[Any]) -> None:
-        ident = f"{info.host}:{info.pid}:{info.server_id}"
-        skey, wkey = f"asynq:servers:{{{ident}}}", f"asynq:workers:{{{ident}}}"
-        exp = int(time.time()) + SERVER_INFO_TTL
-        args: list[Any] = [SERVER_INFO_TTL, info.SerializeToString()]
+    async def write_server_state(self, info: Any, workers: Sequence[Any], ended: Sequence[Any] = ()) -> None:
+        """The heartbeat: server info, a workers entry per running task, `ended` ids dropped from the hash.
+
+        Both registration zset scores are Redis TIME + 10 s, so Inspectors prune us by the Redis clock.
+        """
+        skey, wkey = server_keys(info.host, info.pid, info.server_id)
+        args: list[Any] = [SERVER_INFO_TTL, info.SerializeToString(), len(ended), *ended]
         for w in workers:
             args += [w.task_id, w.SerializeToString()]
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(ALL_SERVERS, {skey: exp})
-        pipe.zadd(ALL_WORKERS, {wkey: exp})
-        pipe.evalsha(_SHAS["write_server_state"], 2, skey, wkey, *args)
-        replies = await pipe.execute(raise_on_error=False)
-        if _is_noscript(replies[-1]):
-            await self.run("write_server_state", [skey, wkey], args)
-        elif isinstance(replies[-1], Exception):
-            raise replies[-1]
-        for r in replies[:2]:
-            if isinstance(r, Exception):
-                raise r
+        await self.run("write_server_state", [ALL_SERVERS, ALL_WORKERS, skey, wkey], args)
 
     async def clear_server_state(self, host: str, pid: int, server_id: str) -> None:
-        ident = f"{host}:{pid}:{server_id}"
-        skey, wkey = f"asynq:servers:{{{ident}}}", f"asynq:workers:{{{ident}}}"
+        skey, wkey = server_keys(host, pid, server_id)
         await self.redis.zrem(ALL_SERVERS, skey)
         await self.redis.zrem(ALL_WORKERS, wkey)
         await self.run("clear_server_state", [skey, wkey], [])
 
-    async def live_worker_task_ids(self) -> set[str]:
-        """Task ids that some server still reports as running (its workers hash has not expired)."""
-        keys = await self.redis.zrange(ALL_WORKERS, 0, -1)
-        ids: set[str] = set()
-        for key in keys:
-            ids.update(_text(k) for k in await self.redis.hkeys(key))
-        return ids
+
+def server_keys(host: str, pid: int, server_id: str) -> tuple[str, str]:
+    """`asynq:servers:{host:pid:id}` and `asynq:workers:{host:pid:id}`."""
+    ident = f"{host}:{pid}:{server_id}"
+    return f"asynq:servers:{{{ident}}}", f"asynq:workers:{{{ident}}}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -638,26 +537,13 @@ def _fast_connection_class(base: type) -> type:
     return type(f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command})
 
 
-def _decode_messages(raw: Sequence[bytes] | None) -> list[Any]:
-    out = []
-    for data in raw or ():
-        msg = TaskMessage()
-        msg.ParseFromString(data)
-        out.append(msg)
-    return out
-
-
 def _failed_copy(msg: Any, error: str, now: float) -> Any:
     """The message as retry and archive rewrite it: same fields plus the error and the failure time."""
     failed = TaskMessage()
     failed.CopyFrom(msg)
-    failed.error_msg = error
+    failed.error_msg = valid_text(error)
     failed.last_failed_at = int(now)
     return failed
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _is_noscript(reply: Any) -> bool:
@@ -694,6 +580,8 @@ class Client:
             raise ValueError("task ID cannot be empty")
         if unique_ttl is not None and unique_ttl < 1:
             raise ValueError("Unique TTL cannot be less than 1s")
+        task_type, queue = valid_text(task_type), valid_text(queue)
+        task_id = None if task_id is None else valid_text(task_id)
         timeout_s = int(timeout) if timeout is not None else 0
         has_deadline = deadline is not None and int(deadline) != 0
         if not has_deadline and (timeout is None or timeout == 0):
