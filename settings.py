@@ -7,13 +7,16 @@ Only the standard library is imported here, so `--help` and configuration errors
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, unquote
 
 DEFAULT_QUEUES = {"critical": 6, "healthcheck": 5, "default": 3, "low": 1}
 
@@ -44,7 +47,8 @@ class Settings:
         """Where Redis is, for logs: never includes the password."""
         if self.redis_url:
             return _redact_url(self.redis_url)
-        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+        auth = ":***@" if self.redis_password else ""
+        return f"redis://{auth}{_host_text(self.redis_host)}:{self.redis_port}/{self.redis_db}"
 
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
@@ -52,13 +56,127 @@ LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARN
               "fatal": logging.CRITICAL}
 
 
+# ==================================================================================================
+# Redis URLs: parsed here so that a bad one is one line (exit 2) and the logged form is built from the
+# parts, with every secret replaced by ***. Error texts never quote the URL: it may hold a password.
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_SECRET_OPTION = re.compile(r"pass|secret|token", re.IGNORECASE)
+
+
+@dataclass
+class RedisUrl:
+    scheme: str
+    username: str = ""
+    password: str = ""
+    host: str = ""
+    port: int | None = None
+    path: str = ""  # `/<db>` for redis:// and rediss://, the socket path for unix://
+    query: list[tuple[str, str]] = field(default_factory=list)
+
+    def redacted(self) -> str:
+        auth = ""
+        if self.username or self.password:
+            auth = quote(self.username, safe="") + (":***" if self.password else "") + "@"
+        host = _host_text(self.host) + (f":{self.port}" if self.port is not None else "")
+        options = "&".join(f"{quote(k, safe='')}=" + ("***" if _SECRET_OPTION.search(k) else quote(v, safe="/"))
+                           for k, v in self.query)
+        return f"{self.scheme}://{auth}{host}{quote(self.path, safe='/')}" + (f"?{options}" if options else "")
+
+
+def _host_text(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _unencoded(char: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"--redis-url: the user name or password contains an unencoded {char!r}; write it as %{ord(char):02X} "
+        f"(percent-encode / ? # @ % and spaces in credentials)")
+
+
+def parse_redis_url(url: str) -> RedisUrl:
+    """Split a Redis URL the way redis-py reads a well-formed one; ConfigurationError for anything else."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    scheme = match.group(1).lower() if match else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError("--redis-url: must start with redis://, rediss:// or unix://")
+    rest = url[match.end():]
+    if any(c.isspace() or not c.isprintable() for c in rest):
+        raise ConfigurationError("--redis-url: contains a space or control character; percent-encode it "
+                                 "(a space is %20)")
+    if "#" in rest:  # a fragment means nothing in a Redis URL: it is an unencoded '#' in a password
+        raise _unencoded("#")
+    head, _, query_text = rest.partition("?")
+    if "=" not in query_text.partition("@")[0] and "@" in query_text:  # `?` in the credentials
+        raise _unencoded("?")
+    authority, slash, path = head.partition("/")
+    path = slash + path
+    if "@" in path and scheme != "unix":
+        raise _unencoded("/")
+    parsed = RedisUrl(scheme)
+    if "@" in authority:
+        userinfo, _, authority = authority.rpartition("@")
+        if "@" in userinfo:
+            raise _unencoded("@")
+        user, _, password = userinfo.partition(":")
+        parsed.username, parsed.password = unquote(user), unquote(password)
+    parsed.host, parsed.port = _host_port(authority)
+    if scheme == "unix":
+        if parsed.host or parsed.port is not None:
+            raise ConfigurationError("--redis-url: a unix:// URL has the socket path right after //, "
+                                     "e.g. unix:///run/redis/redis.sock?db=0")
+        if path in ("", "/"):
+            raise ConfigurationError("--redis-url: a unix:// URL needs the socket path, e.g. unix:///run/redis.sock")
+        parsed.path = unquote(path)
+    elif path not in ("", "/"):
+        if not re.fullmatch(r"/[0-9]+", path):
+            raise ConfigurationError("--redis-url: the path must be the database number, e.g. /0 (a password "
+                                     "with / ? # @ must be percent-encoded)")
+        parsed.path = path
+    for item in query_text.split("&") if query_text else ():
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ConfigurationError("--redis-url: every query option must be written name=value")
+        parsed.query.append((unquote(key.replace("+", " ")), unquote(value.replace("+", " "))))
+    for key, value in parsed.query:
+        if key == "db" and not re.fullmatch(r"[0-9]+", value):
+            raise ConfigurationError("--redis-url: db must be a database number")
+    return parsed
+
+
+def _host_port(authority: str) -> tuple[str, int | None]:
+    port_text = None
+    if authority.startswith("["):
+        host, bracket, after = authority[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ConfigurationError("--redis-url: the host is not a valid host name or IP address")
+        port_text = after[1:] if after else None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigurationError("--redis-url: the host is not a valid IPv6 address") from None
+    else:
+        host, colon, port_text = authority.partition(":")
+        if not colon:
+            port_text = None
+        if host and not _HOST_NAME.fullmatch(host):
+            raise ConfigurationError("--redis-url: the host is not a valid host name or IP address (a password "
+                                     "with / ? # @ must be percent-encoded)")
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigurationError("--redis-url: the port must be a number between 1 and 65535 (a password "
+                                     "with / ? # @ must be percent-encoded)")
+        port = int(port_text)
+    return host, port
+
+
 def _redact_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    creds, _, host = rest.partition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user + ':' if user else ''}***@{host}"
+    """The URL as logs may show it: secrets replaced, rebuilt from the parsed parts."""
+    try:
+        return parse_redis_url(url).redacted()
+    except ConfigurationError:
+        return "<invalid Redis URL>"
 
 
 def _read_dotenv(path: str) -> dict[str, str]:
@@ -121,7 +239,11 @@ def load_settings(env: dict[str, str], args: argparse.Namespace) -> Settings:
             raise ConfigurationError(f"{name}: must be {bound}, got {value}")
         return value
 
-    s.redis_host = merged.get("REDIS_HOST", s.redis_host)
+    s.redis_host = merged.get("REDIS_HOST", s.redis_host).strip()
+    if not _HOST_NAME.fullmatch(s.redis_host) and not _is_ipv6(s.redis_host):
+        # The value is not quoted back: a URL pasted here may carry a password.
+        raise ConfigurationError("REDIS_HOST: must be a host name or IP address, without scheme, port, "
+                                 "user or password (use REDIS_PORT, REDIS_PASSWORD, or --redis-url)")
     s.redis_port = integer("REDIS_PORT", 1, 65535) or s.redis_port
     s.redis_password = merged.get("REDIS_PASSWORD", "")
     s.redis_db = integer("REDIS_DB", 0, 15) or 0
@@ -140,8 +262,7 @@ def load_settings(env: dict[str, str], args: argparse.Namespace) -> Settings:
             raise ConfigurationError(f"--concurrency: must be at least 1, got {args.concurrency}")
         s.concurrency = args.concurrency
     if args.redis_url:
-        if not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigurationError("--redis-url: must start with redis://, rediss:// or unix://")
+        parse_redis_url(args.redis_url)
         s.redis_url = args.redis_url
     if args.queues:
         s.queues = parse_queues(args.queues)
@@ -155,8 +276,25 @@ def load_settings(env: dict[str, str], args: argparse.Namespace) -> Settings:
     return s
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+        return True
+    except ValueError:
+        return False
+
+
 # ==================================================================================================
 # Logging: readable lines in dev, one JSON object per line in prod
+
+# zap's level names (Go's logger): Python's WARNING is zap's "warn"; CRITICAL is used only for "fatal".
+_ZAP_LEVELS = ((logging.CRITICAL, "fatal"), (logging.ERROR, "error"), (logging.WARNING, "warn"),
+               (logging.INFO, "info"))
+
+
+def zap_level(levelno: int) -> str:
+    return next((name for threshold, name in _ZAP_LEVELS if levelno >= threshold), "debug")
+
 
 class _JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
@@ -164,7 +302,7 @@ class _JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"level": record.levelname.lower(), "ts": round(record.created, 6), "logger": record.name,
+        entry = {"level": zap_level(record.levelno), "ts": round(record.created, 6), "logger": record.name,
                  "msg": record.getMessage(), "svc": self.service}
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
@@ -172,11 +310,32 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def format_queues(queues: dict[str, int]) -> str:
+    """`critical:6,healthcheck:5`: the --queues syntax, highest priority first."""
+    return ",".join(f"{q}:{p}" for q, p in sorted(queues.items(), key=lambda item: -item[1]))
+
+
+def _dev_value(value: Any) -> str:
+    """A field value as logfmt shows it: name:value lists for mappings, quotes only where needed."""
+    if isinstance(value, dict):
+        text = ",".join(f"{k}:{v}" for k, v in value.items())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = str(value)
+    if text == "" or any(c.isspace() or c in '"=' for c in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
 class _DevFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
-        extra = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
-        line = f"{stamp} {record.levelname:<7} {record.getMessage()}" + (f"  {extra}" if extra else "")
+        extra = " ".join(f"{k}={_dev_value(v)}" for k, v in getattr(record, "fields", {}).items())
+        level = zap_level(record.levelno).upper()
+        line = f"{stamp} {level:<5} {record.getMessage()}" + (f"  {extra}" if extra else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -211,6 +370,7 @@ class _Throttle:
 
 
 def redis_client(settings: Settings) -> Any:
+    """The worker's Redis client; ConfigurationError for URL options redis-py would reject later."""
     from asynq_protocol import connect
 
     options: dict[str, Any] = dict(max_connections=max(16, min(settings.concurrency, 64)), health_check_interval=15,
@@ -218,11 +378,35 @@ def redis_client(settings: Settings) -> Any:
     if settings.redis_url:
         if not settings.redis_url.startswith("unix://"):
             options["socket_keepalive"] = True
+        _check_url_options(settings.redis_url)
         return connect(settings.redis_url, **options)
     options["socket_keepalive"] = True
     return connect(host=settings.redis_host, port=settings.redis_port, password=settings.redis_password or None,
                    db=settings.redis_db, **options)
 
+
+
+def _check_url_options(url: str) -> None:
+    """Query options redis-py cannot use: a bad value fails in redis-py's URL parser, an unknown name only
+    when the first connection is made (a TypeError on every retry), so both are checked here."""
+    import inspect
+
+    from redis.asyncio.connection import parse_url
+
+    try:
+        kwargs = parse_url(url)
+    except ValueError as exc:  # redis-py's texts name the option, never its value
+        raise ConfigurationError(f"--redis-url: {exc}") from None
+    connection_class = kwargs.pop("connection_class", None)
+    if connection_class is None:
+        from redis.asyncio.connection import Connection as connection_class
+    accepted = {"db", "username", "password", "host", "port", "path", "max_connections", "timeout"}
+    for cls in connection_class.__mro__:
+        if "__init__" in vars(cls):
+            accepted.update(inspect.signature(cls.__init__).parameters)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigurationError(f"--redis-url: unknown query option {unknown[0]!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shutdown-timeout", type=float, help="seconds to let checks finish on SIGTERM (default 8)")
     parser.add_argument("--result-extensions", action="store_true",
                         help="add extra fields (phase timings) to ingest payloads; the Go ingester ignores them")
+    parser.add_argument("--acl-rule", action="store_true",
+                        help="print the minimal Redis ACL SETUSER line for a worker serving --queues, then exit")
     return parser
 
 
