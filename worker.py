@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import math
 import os
@@ -20,14 +19,16 @@ import signal
 import socket
 import sys
 import time
-import traceback
 import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from executors import VERSION as __version__
-from settings import (DEFAULT_QUEUES, ConfigurationError,  # noqa: F401 (DEFAULT_QUEUES re-exported)
-                      Settings, _fields, _Throttle, build_parser,
+if __name__ == "__main__":  # `python worker.py`: modules that `import worker` get this very module
+    sys.modules.setdefault("worker", sys.modules["__main__"])
+
+from executors import VERSION as __version__  # noqa: E402
+from settings import (DEFAULT_QUEUES, ConfigurationError,  # noqa: F401,E402 (DEFAULT_QUEUES re-exported)
+                      Settings, _fields, _Throttle, build_parser, format_queues,
                       load_settings, redis_client, setup_logging)
 
 HEALTHCHECK_TASK = "monitor:healthcheck"
@@ -85,9 +86,10 @@ class _Job:
     msg: Any
     started: float
     deadline: float
-    lease_expiry: float
+    lease_expiry: float  # local clock; the dequeue and each extension set it from the Redis-time lease
     interrupt: asyncio.Future  # resolves to "canceled", "lease_lost" or "abort"
     runner: asyncio.Task | None = None
+    beaten: bool = False  # a heartbeat has written the task's workers entry
 
 
 def queue_order(queues: dict[str, int], strict: bool) -> list[str]:
@@ -138,6 +140,8 @@ class Server:
         self.server_id = str(uuid.uuid4())
         self.status = "active"
         self.jobs: dict[str, _Job] = {}
+        self._listed: set[Any] = set()  # task ids that may have an entry in our asynq:workers hash
+        self._requeued = 0  # requeue writes confirmed during the shutdown drain
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._dequeuing = asyncio.Event()
@@ -148,10 +152,19 @@ class Server:
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Serve until `stop()` is called, then shut down gracefully."""
-        if not await self._until_redis(self.broker.load_scripts, "load scripts"):
+        """Serve until `stop()` is called, then shut down gracefully.
+
+        Raises RedisStartupError when Redis refuses the worker (password, ACL permissions) at start-up.
+        """
+        from redis_checks import start_up, watch
+
+        served = await self._until_redis(lambda: start_up(self), "start")
+        if served is None:
             log.info("stopped before Redis became reachable")
             return
+        self.queues = served  # only the queues whose keys the Redis user may read and write
+        self._names = list(served)
+        self._strict_order = [self._names.index(q) for q in queue_order(served, True)]
         self._started_at = time.time()
         spawn = asyncio.get_running_loop().create_task
         heartbeat = spawn(self._every(self.HEARTBEAT_INTERVAL, self._heartbeat, now=True), name="heartbeat")
@@ -160,9 +173,10 @@ class Server:
             spawn(self._subscriber(), name="subscriber"),
             spawn(self._every(self.RECOVER_INTERVAL, self._recover, now=True), name="recoverer"),
             spawn(self._every(self.JANITOR_INTERVAL, self._janitor), name="janitor"),
+            spawn(watch(self), name="redis-watch"),
         ]
         processor = spawn(self._process(), name="processor")
-        log.info("worker started", extra=_fields(server_id=self.server_id, queues=self.queues,
+        log.info("worker started", extra=_fields(server_id=self.server_id, queues=format_queues(self.queues),
                                                    concurrency=self.concurrency, strict=self.strict))
         await self._stop.wait()
 
@@ -192,7 +206,7 @@ class Server:
             log.info("stopped taking new tasks (SIGTSTP); SIGTERM to shut down")
 
     async def _drain(self) -> None:
-        """Let in-flight tasks finish within the shutdown timeout, then requeue the rest."""
+        """Let in-flight tasks finish within the shutdown timeout, then requeue the rest and say how many."""
         deadline = time.monotonic() + self.shutdown_timeout
         while self.jobs and time.monotonic() < deadline:
             self._slot_freed.clear()
@@ -201,11 +215,14 @@ class Server:
             except asyncio.TimeoutError:
                 break
         runners = [job.runner for job in self.jobs.values() if job.runner]
-        for job in list(self.jobs.values()):
-            if not job.interrupt.done():
-                job.interrupt.set_result("abort")
+        aborted = [job for job in self.jobs.values() if not job.interrupt.done()]
+        for job in aborted:
+            job.interrupt.set_result("abort")
         if runners:
             await asyncio.wait(runners, timeout=10)
+        if aborted:
+            log.warning("requeued unfinished checks at shutdown", extra=_fields(
+                requeued=self._requeued, unfinished=len(aborted), timeout_s=self.shutdown_timeout))
 
     # --- processor ---------------------------------------------------------------------------------
     def _orders(self, n: int) -> list[list[int]]:
@@ -226,24 +243,43 @@ class Server:
                 await self._slot_freed.wait()
                 continue
             try:
-                messages = await self.broker.dequeue(self._names, self._orders(min(free, self.FETCH_BATCH)))
+                taken = await self.broker.take(self._names, self._orders(min(free, self.FETCH_BATCH)), self)
                 backoff = 0.1
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # Redis trouble, or a reply we did not expect: never stop processing
                 _honour_cancellation()
                 if throttle.ready():
-                    log.warning("dequeue failed; retrying", extra=_fields(error=str(exc)))
+                    level = logging.WARNING if isinstance(exc, (RedisError, OSError)) else logging.ERROR
+                    log.log(level, "dequeue failed; retrying", extra=_fields(error=str(exc)))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if not messages:
-                await asyncio.sleep(self.IDLE_SLEEP / 2 + random.random() * self.IDLE_SLEEP)
+            for queue, task_id in taken.not_hashes:
+                log.error("task key is not a hash; its id was taken out of the queue, the key left as it is",
+                          extra=_fields(task_id=task_id, queue=queue))
+            if not taken.messages and not taken.corrupt:
+                if not taken.not_hashes:
+                    await asyncio.sleep(self.IDLE_SLEEP / 2 + random.random() * self.IDLE_SLEEP)
                 continue
             now = time.time()
-            for msg in messages:
-                self._start(msg, now)
+            for msg in taken.messages:
+                self._listed.add(msg.id)
+                self._start(msg, now, taken.lease_expiry)
+            for corrupt in taken.corrupt:
+                self._listed.add(corrupt.id)
+                await self._archive_corrupt(corrupt, self._workers_key())
 
-    def _start(self, msg: Any, dequeued_at: float) -> None:
-        from asynq_protocol import DEFAULT_TIMEOUT_SECONDS, LEASE_SECONDS
+    def _workers_key(self) -> str:
+        from asynq_protocol import server_keys
+
+        return server_keys(self.host, self.pid, self.server_id)[1]
+
+    def _unlist(self, job: _Job) -> str:
+        """The workers key to drop the task's entry from along with its completion: only while no
+        heartbeat has listed it, as Go lists a task from the next heartbeat on and keeps it until the one after."""
+        return "" if job.beaten else self._workers_key()
+
+    def _start(self, msg: Any, dequeued_at: float, lease_expiry: float) -> None:
+        from asynq_protocol import DEFAULT_TIMEOUT_SECONDS
 
         if msg.timeout == 0 and msg.deadline == 0:
             deadline = dequeued_at + DEFAULT_TIMEOUT_SECONDS
@@ -254,7 +290,7 @@ class Server:
         else:
             deadline = float(msg.deadline)
         loop = asyncio.get_running_loop()
-        job = _Job(msg, dequeued_at, deadline, dequeued_at + LEASE_SECONDS, loop.create_future())
+        job = _Job(msg, dequeued_at, deadline, lease_expiry, loop.create_future())
         self.jobs[msg.id] = job
         job.runner = loop.create_task(self._run(job))
 
@@ -286,7 +322,9 @@ class Server:
         call.cancel()
         reason = job.interrupt.result() if job.interrupt.done() else "deadline"
         if reason == "abort":
-            return await self._write(job, lambda: self.broker.requeue(msg), "requeue")
+            if await self._write(job, lambda: self.broker.requeue(msg, unlist=self._unlist(job)), "requeue"):
+                self._requeued += 1
+            return
         if reason == "lease_lost":
             log.warning("task lease lost; leaving it to the recoverer", extra=_fields(task_id=msg.id))
             return
@@ -296,9 +334,9 @@ class Server:
     async def _succeeded(self, job: _Job) -> None:
         msg = job.msg
         if msg.retention > 0:
-            await self._write(job, lambda: self.broker.mark_complete(msg), "mark complete")
+            await self._write(job, lambda: self.broker.mark_complete(msg, unlist=self._unlist(job)), "mark complete")
         else:
-            await self._write(job, lambda: self.broker.done(msg), "done")
+            await self._write(job, lambda: self.broker.done(msg, unlist=self._unlist(job)), "done")
 
     async def _failed(self, job: _Job, error: Exception) -> None:
         from asynq_protocol import retry_delay_seconds
@@ -306,15 +344,16 @@ class Server:
         msg, text = job.msg, str(error)
         log.error("task failed", extra=_fields(type=msg.type, task_id=msg.id, queue=msg.queue, error=text))
         if isinstance(error, RevokeTask):
-            await self._write(job, lambda: self.broker.done(msg), "done")
+            await self._write(job, lambda: self.broker.done(msg, unlist=self._unlist(job)), "done")
         elif msg.retried >= msg.retry or isinstance(error, SkipRetry):
-            await self._write(job, lambda: self.broker.archive(msg, text), "archive")
+            await self._write(job, lambda: self.broker.archive(msg, text, unlist=self._unlist(job)), "archive")
         else:
             retry_at = time.time() + retry_delay_seconds(msg.retried)
-            await self._write(job, lambda: self.broker.retry(msg, text, retry_at), "retry")
+            await self._write(job, lambda: self.broker.retry(msg, text, retry_at, unlist=self._unlist(job)), "retry")
 
-    async def _write(self, job: _Job, op: Callable[[], Awaitable[Any]], what: str) -> None:
-        """Run a completion write while the lease is valid, retrying connection errors (asynq's syncer)."""
+    async def _write(self, job: _Job, op: Callable[[], Awaitable[Any]], what: str) -> bool:
+        """Run a completion write while the lease is valid, retrying connection errors (asynq's syncer);
+        True once Redis has confirmed it."""
         from asynq_protocol import BrokerError
         from redis.exceptions import RedisError
 
@@ -324,13 +363,13 @@ class Server:
             if remaining <= 0:
                 log.warning(f"{what} not written before the lease expired; the recoverer will handle it",
                             extra=_fields(task_id=job.msg.id))
-                return
+                return False
             try:
                 await asyncio.wait_for(op(), remaining)
-                return
+                return True
             except BrokerError as exc:  # NOT FOUND: another server recovered the task meanwhile
                 log.warning(f"{what} refused by broker", extra=_fields(task_id=job.msg.id, error=str(exc)))
-                return
+                return False
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
                 log.warning(f"{what} failed; retrying", extra=_fields(task_id=job.msg.id, error=str(exc)))
                 await asyncio.sleep(min(delay, max(0.0, job.lease_expiry - time.time())))
@@ -338,15 +377,19 @@ class Server:
 
     # --- heartbeat, leases -------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
-        from asynq_protocol import ServerInfo, WorkerInfo, set_timestamp
+        from asynq_protocol import ServerInfo, WorkerInfo, set_timestamp, valid_text
 
         now = time.time()
         info = ServerInfo(host=self.host, pid=self.pid, server_id=self.server_id, concurrency=self.concurrency,
-                          queues=self.queues, strict_priority=self.strict, status=self.status,
-                          active_worker_count=len(self.jobs))
+                          queues={valid_text(q): p for q, p in self.queues.items()}, strict_priority=self.strict,
+                          status=self.status, active_worker_count=len(self.jobs))
         set_timestamp(info.start_time, self._started_at)
+        # Entries of tasks that ended since the last beat are dropped one by one (Go rewrites the whole
+        # hash), so an entry a dequeue writes while this beat is on its way survives.
+        ended = [task_id for task_id in self._listed if task_id not in self.jobs]
+        jobs = list(self.jobs.values())
         workers, extend = [], {}
-        for job in list(self.jobs.values()):
+        for job in jobs:
             msg = job.msg
             w = WorkerInfo(host=self.host, pid=self.pid, server_id=self.server_id, task_id=msg.id,
                            task_type=msg.type, task_payload=msg.payload, queue=msg.queue)
@@ -357,43 +400,84 @@ class Server:
                 extend.setdefault(msg.queue, []).append(job)
             elif not job.interrupt.done():
                 job.interrupt.set_result("lease_lost")
-        await self.broker.write_server_state(info, workers)
-        for queue, jobs in extend.items():
-            expiry = await self.broker.extend_leases(queue, [j.msg.id for j in jobs])
-            for job in jobs:
+        await self.broker.write_server_state(info, workers, ended)
+        self._listed.difference_update(ended)
+        self._listed.update(self.jobs)
+        for job in jobs:
+            job.beaten = True
+        for queue, queue_jobs in extend.items():
+            expiry = await self.broker.extend_leases(queue, [j.msg.id for j in queue_jobs])
+            for job in queue_jobs:
                 job.lease_expiry = expiry
 
     # --- recoverer, forwarder, janitor -------------------------------------------------------------
     async def _recover(self) -> None:
-        from asynq_protocol import retry_delay_seconds
+        await self._each_queue(self._recover_queue)
 
-        live: set[str] | None = None
-        for queue in self.queues:
-            expired = await self.broker.list_lease_expired(queue, time.time() - self.RECOVER_SLACK)
-            if expired and live is None:
-                live = await self.broker.live_worker_task_ids()
-            for msg in expired:
-                if msg.id in live or msg.id in self.jobs:
-                    continue
-                text = "asynq: task lease expired"
+    async def _recover_queue(self, queue: str) -> None:
+        """Retry or archive the tasks whose lease expired RECOVER_SLACK s ago (Redis clock) and that no
+        live server lists; archive those whose message does not decode. One bad entry stops nothing."""
+        from asynq_protocol import Corrupt, retry_delay_seconds
+
+        for item in await self.broker.list_lease_expired(queue, self.RECOVER_SLACK):
+            if isinstance(item, Corrupt):
+                await self._archive_corrupt(item)
+                continue
+            msg = item
+            if msg.id in self.jobs:
+                continue
+            text = "asynq: task lease expired"
+            try:
                 if msg.retried >= msg.retry:
-                    future = self.broker.archive(msg, text)
+                    await self.broker.archive(msg, text)
                 else:
-                    future = self.broker.retry(msg, text, time.time() + retry_delay_seconds(msg.retried))
-                try:
-                    await future
-                    log.warning("recovered task with expired lease", extra=_fields(task_id=msg.id, queue=queue))
-                except Exception as exc:  # NOT FOUND: another server won the race
-                    log.debug("recovery skipped", extra=_fields(task_id=msg.id, error=str(exc)))
-            await self.broker.reclaim_stale_aggregation_sets(queue)
+                    await self.broker.retry(msg, text, time.time() + retry_delay_seconds(msg.retried))
+                log.warning("recovered task with expired lease", extra=_fields(task_id=msg.id, queue=queue))
+            except Exception as exc:  # NOT FOUND: another server won the race
+                _honour_cancellation()
+                log.debug("recovery skipped", extra=_fields(task_id=msg.id, error=str(exc)))
+        await self.broker.reclaim_stale_aggregation_sets(queue)
+
+    async def _archive_corrupt(self, corrupt: Any, unlist: str = "") -> None:
+        """Archive a task whose message does not decode (kept with its bytes) and log it, once. The log
+        line is written by a callback on the write itself, so a shutdown cancelling the caller cannot lose it."""
+        from asynq_protocol import BrokerError
+
+        def report(write: asyncio.Future) -> None:
+            fields = dict(task_id=corrupt.task_id, queue=corrupt.queue)
+            if write.cancelled():
+                return
+            exc = write.exception()
+            if isinstance(exc, BrokerError):  # NOT FOUND: another server archived it first
+                log.debug("corrupt task already moved", extra=_fields(**fields, error=str(exc)))
+            elif exc is not None:  # Redis trouble: a recoverer archives it once its lease has expired
+                log.warning("could not archive a corrupt task; the recoverer will", extra=_fields(**fields, error=str(exc)))
+            else:
+                log.error("corrupt task message archived", extra=_fields(**fields, error=corrupt.error,
+                                                                         kept=f"asynq:{{{corrupt.queue}}}:archived"))
+
+        write = self.broker.archive_corrupt(corrupt, unlist=unlist)
+        write.add_done_callback(report)
+        await asyncio.wait({write})  # a cancelled caller leaves the write and its report running
 
     async def _forward(self) -> None:
-        for queue in self.queues:
-            await self.broker.forward(queue)
+        await self._each_queue(self.broker.forward)
 
     async def _janitor(self) -> None:
+        await self._each_queue(self.broker.delete_expired_completed)
+
+    async def _each_queue(self, action: Callable[[str], Awaitable[Any]]) -> None:
+        """Run `action` for every queue; a failing queue does not keep the others waiting (the first
+        failure is raised at the end, for `_every` to log)."""
+        failure: Exception | None = None
         for queue in self.queues:
-            await self.broker.delete_expired_completed(queue)
+            try:
+                await action(queue)
+            except Exception as exc:
+                _honour_cancellation()
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     async def _every(self, interval: float, action: Callable[[], Awaitable[None]], now: bool = False) -> None:
         throttle = _Throttle()
@@ -409,14 +493,28 @@ class Server:
             _honour_cancellation()
             await asyncio.sleep(interval)
 
-    async def _until_redis(self, action: Callable[[], Awaitable[Any]], what: str) -> bool:
-        """Retry `action` with backoff until it succeeds (True) or a stop is requested (False)."""
-        delay, throttle = 0.2, _Throttle()
+    async def _until_redis(self, action: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """Retry `action` with backoff until it succeeds (its result) or a stop is requested (None).
+
+        An error retrying cannot fix (refused password, missing ACL permission) raises RedisStartupError.
+        """
+        from redis_checks import RedisStartupError, refusal
+
+        delay, throttle, failing_since = 0.2, _Throttle(), None
         while not self._stop.is_set():
             try:
-                await action()
-                return True
+                result = await action()
+                if failing_since is not None:
+                    log.info("Redis reachable again", extra=_fields(down_s=round(time.monotonic() - failing_since, 1)))
+                return result
+            except RedisStartupError:
+                raise
             except Exception as exc:
+                cause = refusal(exc)
+                if cause:
+                    raise RedisStartupError(cause) from None
+                if failing_since is None:
+                    failing_since = time.monotonic()
                 if throttle.ready():
                     log.warning(f"cannot {what}: Redis unreachable; retrying", extra=_fields(error=str(exc)))
                 try:
@@ -424,7 +522,7 @@ class Server:
                 except asyncio.TimeoutError:
                     pass
                 delay = min(delay * 2, 5.0)
-        return False
+        return None
 
     # --- cancellation ------------------------------------------------------------------------------
     async def _subscriber(self) -> None:
@@ -451,16 +549,19 @@ class Server:
 
 
 async def _guarded(handler: Handler, task: Task) -> Exception | None:
-    """Run a handler; return None on success or the error (an unexpected one in Go's panic shape)."""
+    """Run a handler; return None on success or the error (an unexpected one in Go's panic shape).
+    The error text is stored in Redis, so lone surrogates in it become U+FFFD."""
+    from executors import clean_text, where
+
     try:
         await handler(task)
         return None
     except TaskError as exc:
-        return exc
+        text = str(exc)
+        cleaned = clean_text(text)
+        return exc if cleaned is text else type(exc)(cleaned)
     except Exception as exc:
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = f" [{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}]" if frames else ""
-        return TaskError(f"panic error cause by: panic{where}: {type(exc).__name__}: {exc}")
+        return TaskError(clean_text(f"panic error cause by: panic [{where(exc)}]: {type(exc).__name__}: {exc}"))
 
 
 def _honour_cancellation() -> None:
@@ -490,7 +591,7 @@ async def _quietly(aw: Awaitable[Any]) -> None:
 
 
 # ==================================================================================================
-# Executors and the monitor:healthcheck handler
+# The executor registry: type -> module, imported on the first task of that type
 
 _loaded: dict[str, Any] = {}
 
@@ -518,114 +619,12 @@ async def load_executor(monitor_type: str) -> Any:
     return module
 
 
-PAYLOAD_SCHEMA = {"monitor_id": str, "monitor_name": str, "monitor_type": str, "interval": int, "timeout": int,
-                  "max_retries": int, "retry_interval": int, "resend_interval": int, "config": str,
-                  "proxy": dict, "last_heartbeat": dict, "scheduled_at": str, "is_under_maintenance": bool,
-                  "check_cert_expiry": bool}
-PROXY_SCHEMA = {"id": str, "protocol": str, "host": str, "port": int, "auth": bool, "username": str,
-                "password": str}
-HEARTBEAT_SCHEMA = {"id": str, "monitor_id": str, "status": int, "msg": str, "ping": int, "duration": int,
-                    "down_count": int, "retries": int, "important": bool, "time": str, "end_time": str,
-                    "notified": bool}
-
-
-def decode_payload(data: bytes) -> dict[str, Any]:
-    """Lenient Go-style decoding of the health-check payload; ValueError on bad JSON or types."""
-    from executors import decode_struct, parse_rfc3339
-
-    p = decode_struct(data, PAYLOAD_SCHEMA, "worker.HealthCheckTaskPayload", strict=False)
-    if p["proxy"] is not None:
-        p["proxy"] = decode_struct(p["proxy"], PROXY_SCHEMA, "worker.ProxyPayload", strict=False, parsed=True)
-    if p["last_heartbeat"] is not None:
-        p["last_heartbeat"] = decode_struct(p["last_heartbeat"], HEARTBEAT_SCHEMA, "worker.HeartbeatPayload",
-                                            strict=False, parsed=True)
-    # A missing scheduled_at is Go's zero time (year 1): always stale.
-    p["scheduled_at"] = parse_rfc3339(p["scheduled_at"]) if p["scheduled_at"] else -62135596800.0
-    return p
-
-
-def check_margin(timeout: float) -> float:
-    """Time kept back from the task deadline to enqueue the result and acknowledge the task."""
-    return min(1.0, max(0.5, timeout * 0.05))
-
-
-async def run_check(monitor: Any, proxy: dict | None, budget: float) -> Any:
-    """Run one executor under a hard budget; config errors and overruns become DOWN results."""
-    from executors import DOWN, ConfigError, Result, instant
-
-    module = await load_executor(monitor.type)
-    start = time.time_ns()
-    try:
-        async with asyncio.timeout(max(budget, 0.0) + 0.1):
-            return await module.check(monitor, proxy, budget)
-    except ConfigError as exc:
-        return instant(DOWN, str(exc))
-    except asyncio.TimeoutError:
-        return Result(DOWN, f"{monitor.type} check timed out after {budget:.3g}s: context deadline exceeded",
-                      start, time.time_ns())
-
-
-def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False) -> bytes:
-    from executors import format_rfc3339
-
-    body: dict[str, Any] = {
-        "monitor_id": p["monitor_id"], "monitor_name": p["monitor_name"], "monitor_type": p["monitor_type"],
-        "monitor_interval": p["interval"], "monitor_timeout": p["timeout"],
-        "monitor_max_retries": p["max_retries"], "monitor_retry_interval": p["retry_interval"],
-        "monitor_resend_interval": p["resend_interval"], "monitor_config": p["config"],
-        "status": result.status, "message": result.message, "ping_ms": result.ping_ms,
-        "start_time": format_rfc3339(result.start_ns), "end_time": format_rfc3339(result.end_ns),
-        "is_under_maintenance": result.status == 3,
-    }
-    if result.tls_info is not None:
-        body["tls_info"] = result.tls_info
-    body["check_cert_expiry"] = p["check_cert_expiry"]
-    if extensions and result.timings:
-        body["timings"] = result.timings
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-
-
-def healthcheck_handler(client: Any, extensions: bool = False) -> Handler:
-    """The `monitor:healthcheck` handler (Peekaping's worker handler, spec section 3)."""
-    from executors import MAINTENANCE, Monitor, instant
-
-    async def handle(task: Task) -> None:
-        try:
-            p = decode_payload(task.payload)
-        except ValueError as exc:
-            raise TaskError(f"failed to unmarshal payload: {exc}") from None
-        if time.time() - p["scheduled_at"] > p["interval"] * 1.5:
-            log.warning("Skipping stale health check task", extra=_fields(monitor_id=p["monitor_id"]))
-            return
-        monitor = Monitor(p["monitor_id"], p["monitor_name"], p["monitor_type"], p["interval"], p["timeout"],
-                          p["max_retries"], p["retry_interval"], p["resend_interval"], p["config"],
-                          p["last_heartbeat"])
-        if p["is_under_maintenance"]:
-            result = instant(MAINTENANCE, "Monitor under maintenance")
-        else:
-            executor_path(monitor.type)  # unknown or unbuilt type: fail before any work
-            budget = min(float(monitor.timeout), task.deadline - time.time() - check_margin(monitor.timeout))
-            result = await run_check(monitor, p["proxy"], budget)
-            if result is None:
-                log.debug("Executor returned nil - no heartbeat needed", extra=_fields(monitor_id=monitor.id))
-                return
-        try:
-            await client.enqueue(INGEST_TASK, ingest_payload(p, result, extensions), queue="ingester",
-                                 max_retry=3, timeout=120, retention=3600, unique_ttl=1,
-                                 task_id=f"ingest:{monitor.id}:{result.start_ns}")
-        except Exception as exc:
-            raise TaskError(f"failed to enqueue ingester task: {exc}") from None
-        log.info("Successfully enqueued result to ingester",
-                 extra=_fields(monitor_id=monitor.id, status=result.status, ping_ms=result.ping_ms))
-
-    return handle
-
-
 # ==================================================================================================
 # Entry points
 
 async def serve(settings: Settings) -> None:
     from asynq_protocol import Client
+    from healthcheck import healthcheck_handler
 
     redis = redis_client(settings)
     server = Server(redis, {}, queues=settings.queues, concurrency=settings.concurrency,
@@ -655,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "check":
         from cli import check_command
         return check_command(argv[1:])
+    if argv and argv[0] == "types":
+        from cli import types_command
+        return types_command(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -669,14 +671,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"peekaping-worker: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    if args.acl_rule:
+        from redis_checks import acl_rule
+        print(acl_rule(settings.queues))
+        return 0
     os.environ["TZ"] = settings.tz
     if hasattr(time, "tzset"):
         time.tzset()
     setup_logging(settings)
+    from redis_checks import RedisStartupError
     try:
         _event_loop_runner()(serve(settings))
     except KeyboardInterrupt:
         pass
+    except ConfigurationError as exc:  # URL options that only redis-py can judge
+        print(f"peekaping-worker: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except RedisStartupError as exc:
+        log.critical(f"cannot start: {exc}")
+        return 2
     return 0
 
 

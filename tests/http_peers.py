@@ -552,12 +552,12 @@ def peer(kind: str = "http") -> Peer:
 
 async def run(config: dict | str, monitor_type: str = "http", proxy: dict | None = None, timeout: float = 5.0):
     """One check through the worker's registry and hard cap, as the worker runs it."""
-    import worker
+    import healthcheck
     from executors import Monitor
 
     text = config if isinstance(config, str) else json.dumps(config)
     monitor = Monitor(id="m1", name="test", type=monitor_type, interval=60, timeout=int(timeout), config=text)
-    return await worker.run_check(monitor, proxy, timeout)
+    return await healthcheck.run_check(monitor, proxy, timeout)
 
 
 def cfg(url: str, **fields) -> dict:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import asynq_protocol as aq
+import healthcheck
 import worker
 from conftest import FIXTURES
 from executors import format_rfc3339, parse_rfc3339
@@ -32,7 +33,7 @@ async def process(redis, client, payloads: list[bytes], timeout: int = 16, **ser
     """Enqueue like the producer, run the real worker handler until the healthcheck queue is drained."""
     for i, payload in enumerate(payloads):
         await enqueue_healthcheck(client, payload, monitor_id=f"m{i}", timeout=timeout)
-    handlers = {worker.HEALTHCHECK_TASK: worker.healthcheck_handler(client)}
+    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
     async with running_server(redis, handlers, **server_options):
         await wait_until(lambda: queue_empty(redis, "healthcheck"), 30)
         await wait_until(lambda: _no_jobs(redis), 5)
@@ -218,7 +219,7 @@ async def test_failed_result_enqueue_fails_the_task(redis, client, open_port, cl
 
     dead = aioredis.Redis(host="127.0.0.1", port=closed_port, protocol=2)
     dead_client = aq.Client(aq.Broker(dead))
-    handler = worker.healthcheck_handler(dead_client)
+    handler = healthcheck.healthcheck_handler(dead_client)
     payload = healthcheck_payload("tcp", {"host": "127.0.0.1", "port": open_port})
     task = worker.Task("monitor:healthcheck", payload, "healthcheck:m0", "healthcheck", 0, 0, time.time() + 16)
     with pytest.raises(worker.TaskError, match="^failed to enqueue ingester task: "):
@@ -229,7 +230,7 @@ async def test_failed_result_enqueue_fails_the_task(redis, client, open_port, cl
 async def test_result_extensions_add_timings_only_when_enabled(open_port):
     from executors import Result
 
-    payload = worker.decode_payload(healthcheck_payload("tcp", {"host": "127.0.0.1", "port": open_port}))
+    payload = healthcheck.decode_payload(healthcheck_payload("tcp", {"host": "127.0.0.1", "port": open_port}))
     result = Result(1, "ok", 1, 2_000_001, timings={"connect": 1.5})
-    assert "timings" not in json.loads(worker.ingest_payload(payload, result))
-    assert json.loads(worker.ingest_payload(payload, result, extensions=True))["timings"] == {"connect": 1.5}
+    assert "timings" not in json.loads(healthcheck.ingest_payload(payload, result))
+    assert json.loads(healthcheck.ingest_payload(payload, result, extensions=True))["timings"] == {"connect": 1.5}

@@ -10,6 +10,7 @@ import pytest
 
 from http_peers import cfg, peer, run
 
+import healthcheck
 import worker
 from executors import DOWN, UP
 
@@ -407,8 +408,8 @@ async def test_ingest_payload_carries_timings_only_with_extensions(srv):
     r = await run(cfg(srv.url("/status/200")))
     p = {"monitor_id": "m", "monitor_name": "n", "monitor_type": "http", "interval": 60, "timeout": 5,
          "max_retries": 0, "retry_interval": 60, "resend_interval": 0, "config": "{}", "check_cert_expiry": False}
-    plain = json.loads(worker.ingest_payload(p, r))
-    extended = json.loads(worker.ingest_payload(p, r, extensions=True))
+    plain = json.loads(healthcheck.ingest_payload(p, r))
+    extended = json.loads(healthcheck.ingest_payload(p, r, extensions=True))
     assert "timings" not in plain and "tls_info" not in plain
     assert extended["timings"] == r.timings
 
