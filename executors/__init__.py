@@ -450,6 +450,24 @@ def is_domain_name(name: str) -> bool:
 _RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
 
 
+def join_host_port(host: str, port: int) -> str:
+    """Go's net.JoinHostPort: IPv6 literals in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def resolver_suffix() -> str:
+    """Go names the DNS server in lookup errors (` on 127.0.0.11:53`); so do we, when we know it."""
+    try:
+        with open("/etc/resolv.conf") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    return f" on {join_host_port(parts[1], 53)}"
+    except OSError:
+        pass
+    return ""
+
+
 def parse_rfc3339(text: str) -> float:
     """Unix seconds of an RFC 3339 time with 0-9 fraction digits and any offset."""
     m = _RFC3339.match(text)

@@ -4,37 +4,30 @@ Why our own client and not httpx or aiohttp: a prober needs what those libraries
 connection per check (reused only inside the check, as NTLM's three legs require), phase timings
 (DNS, connect, TLS, first byte, transfer), the TLS session of every connection kept for certificate
 reporting (also when verification fails), every proxy kind incl. a TLS proxy and SOCKS4, bounded
-reads, and Go's redirect rules. And it is measured 3x cheaper in CPU per check than an aiohttp
-session per check (see README). Failures raise `GoError`, whose text imitates Go's net/http so
-messages match the Go worker (spec 5.6); the executor adds the `<Op> "<url>": ` prefix.
+reads, Go's redirect rules, and timestamps taken at the I/O rather than when a coroutine resumes
+(`Response.head_ns`, see executors/_timing.py). And it is measured 3x cheaper in CPU per check than
+an aiohttp session per check (see README). Failures raise `GoError`, whose text imitates Go's net/http
+so messages match the Go worker (spec 5.6); the executor adds the `<Op> "<url>": ` prefix.
+This module holds URLs, requests and responses; executors/_dial.py the connections.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
-import ipaddress
-import os
-import re
-import socket
 import ssl
-import time
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from executors import _limits, _tls, is_domain_name
+from executors import _limits, _timing, _tls
+from executors._dial import (LINE_LIMIT, READ_CHUNK, Conn, Dialer, GoError, Proxy, TLSState, _is_ip, _os_text,
+                             join_host_port, proxy_from_task)
+
+__all__ = ["GoError", "Proxy", "Response", "Session", "Timings", "TLSState", "URL", "check_target", "go_quote",
+           "join_host_port", "parse_url", "proxy_from_task", "redact"]
 
 HEAD_LIMIT = 256 * 1024  # status line plus headers of one response
-LINE_LIMIT = 64 * 1024  # one header line; also caps what a stream buffers ahead (2x) before pausing
-READ_CHUNK = 64 * 1024
 SLURP = 2048  # Go drains this much of a redirect (or 401) body so the connection can be reused
-
-perf = time.perf_counter
-
-
-class GoError(Exception):
-    """A failure worded as Go's net/http words it; str(exc) is the text after `<Op> "<url>": `."""
 
 
 @dataclass(slots=True)
@@ -193,134 +186,6 @@ def check_target(url: URL) -> None:
         raise GoError(f"dial tcp: address {url.port}: invalid port")
 
 
-def _is_ip(host: str) -> bool:
-    if len(host) > 255:  # longer than any address text: not cached (the cache holds short keys only)
-        return False
-    return _is_ip_cached(host)
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_ip_cached(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-def join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Proxies (spec 6.1.6, with socks4 done as SOCKS4 rather than Go's SOCKS5)
-
-@dataclass(frozen=True, slots=True)
-class Proxy:
-    kind: str  # http, https, socks4, socks5
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-
-    @property
-    def address(self) -> str:
-        return join_host_port(self.host, self.port)
-
-    def basic(self) -> str | None:
-        if self.username is None:
-            return None
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        return "Basic " + token
-
-
-def proxy_from_task(p: dict | None) -> Proxy | None:
-    """The task's proxy object as the executor uses it; None for none or an unknown protocol."""
-    if not p:
-        return None
-    protocol = p.get("protocol") or "http"
-    kind = {"http": "http", "https": "https", "socks": "socks5", "socks5": "socks5", "socks5h": "socks5",
-            "socks4": "socks4"}.get(protocol)
-    if kind is None:
-        return None  # Go ignores an unknown protocol: direct connection
-    user, password = p.get("username") or "", p.get("password") or ""
-    with_auth = bool(p.get("auth")) and bool(user) and (bool(password) or kind == "socks4")
-    return Proxy(kind, p.get("host") or "", int(p.get("port") or 0),
-                 user if with_auth else None, password if with_auth else None)
-
-
-_SOCKS5_REPLIES = {1: "general SOCKS server failure", 2: "connection not allowed by ruleset",
-                   3: "network unreachable", 4: "host unreachable", 5: "connection refused", 6: "TTL expired",
-                   7: "command not supported", 8: "address type not supported"}
-_SOCKS4_REPLIES = {0x5B: "request rejected or failed",
-                   0x5C: "request rejected because SOCKS server cannot connect to identd on the client",
-                   0x5D: "request rejected because the client program and identd report different user-ids"}
-
-
-# --------------------------------------------------------------------------------------------------
-# Connections
-
-@dataclass(slots=True)
-class TLSState:
-    """The TLS session with one peer, enough to build `tls_info` afterwards."""
-    host: str
-    settings: _tls.TLSSettings
-    chain: list[bytes]
-    verified: bool  # the handshake verified the chain (verify on and it succeeded)
-
-    def info(self) -> dict:
-        chain, valid = self.chain, self.verified
-        if not self.verified and not self.settings.verify:
-            checked = _tls.verify_chain(self.chain, self.host, self.settings.ca_pem)
-            if checked is not None:
-                chain, valid = checked, True
-        return _tls.tls_info(chain, valid)
-
-
-class Conn:
-    __slots__ = ("reader", "writer", "key", "tls", "reusable", "absolute_form", "proxy_auth")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: tuple) -> None:
-        self.reader, self.writer, self.key = reader, writer, key
-        self.tls: TLSState | None = None
-        self.reusable = True
-        self.absolute_form = False  # plain http through an http(s) proxy
-        self.proxy_auth: str | None = None
-
-    def close(self) -> None:
-        try:
-            self.writer.close()
-        except Exception:
-            pass
-
-    def addresses(self) -> str:
-        try:
-            local = self.writer.get_extra_info("sockname")
-            peer = self.writer.get_extra_info("peername")
-            return f"{join_host_port(local[0], local[1])}->{join_host_port(peer[0], peer[1])}"
-        except Exception:
-            return "?"
-
-
-def _os_text(exc: OSError) -> str:
-    if exc.errno:
-        return os.strerror(exc.errno).lower()
-    return str(exc) or type(exc).__name__
-
-
-def _resolver() -> str:
-    """Go names the DNS server in lookup errors (` on 127.0.0.11:53`)."""
-    try:
-        with open("/etc/resolv.conf") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver":
-                    return f" on {join_host_port(parts[1], 53)}"
-    except OSError:
-        pass
-    return ""
-
-
 # --------------------------------------------------------------------------------------------------
 # Responses
 
@@ -331,10 +196,12 @@ class Response:
     """Status and headers of one response; the body is read (bounded) or discarded by the caller."""
 
     __slots__ = ("status", "status_text", "headers", "conn", "_mode", "_left", "_chunk_crlf", "done", "close",
-                 "gzip")
+                 "gzip", "head_ns")
 
-    def __init__(self, status: int, status_text: str, headers: list[tuple[str, str]], conn: Conn) -> None:
+    def __init__(self, status: int, status_text: str, headers: list[tuple[str, str]], conn: Conn,
+                 head_ns: int = 0) -> None:
         self.status, self.status_text, self.headers, self.conn = status, status_text, headers, conn
+        self.head_ns = head_ns or _timing.now_ns()  # unix ns when the byte ending the head arrived
         self._mode, self._left, self._chunk_crlf = _NONE, 0, False
         self.done = False
         self.close = False
@@ -414,7 +281,6 @@ class Response:
         """
         out = bytearray()
         inflate = _limits.Inflater(max(keep, _limits.max_body_bytes())) if gzip else None
-        started = perf()
         try:
             while True:
                 piece = await self._piece()
@@ -431,8 +297,8 @@ class Response:
         except _limits.InflateError as exc:
             raise GoError(str(exc)) from None
         finally:
-            if timings is not None:
-                timings.transfer += perf() - started
+            if timings is not None:  # from the end of the head to the body read finished (as HTTP probes do)
+                timings.transfer += max(0, _timing.now_ns() - self.head_ns) / 1e9
 
     async def discard(self, limit: int = SLURP) -> None:
         """Drain up to `limit` bytes so the connection can serve the next request, as Go does."""
@@ -454,7 +320,7 @@ class Response:
 # --------------------------------------------------------------------------------------------------
 # A session: the connections of one check
 
-class Session:
+class Session(Dialer):
     """The client of one check: its TLS context, proxy and timings, and at most one idle connection."""
 
     def __init__(self, tls: _tls.TLSSettings, proxy: Proxy | None, timings: Timings, user_agent: str) -> None:
@@ -501,9 +367,12 @@ class Session:
                 return await self._exchange(conn, method, url, header, body, gzip, reused=True)
             except _StaleConnection:
                 conn.close()
-        conn = await self._connect(url, key)
+        early = b""
+        if self.proxy is None and url.scheme == "http":  # the head can leave the moment the socket connects
+            early = _request_bytes(method, url, header, body, gzip, False, None)
+        conn = await self._connect(url, key, early)
         try:
-            return await self._exchange(conn, method, url, header, body, gzip, reused=False)
+            return await self._exchange(conn, method, url, header, body, gzip, reused=False, data=early or None)
         except _StaleConnection:
             conn.close()
             raise GoError("EOF") from None
@@ -514,12 +383,18 @@ class Session:
         return (url.scheme, url.host, url.port)
 
     async def _exchange(self, conn: Conn, method: str, url: URL, header: dict[str, str], body: bytes | None,
-                        gzip: bool, reused: bool) -> Response:
-        data = _request_bytes(method, url, header, body, gzip, conn)
+                        gzip: bool, reused: bool, data: bytes | None = None) -> Response:
+        if data is None:
+            data = _request_bytes(method, url, header, body, gzip, conn.absolute_form, conn.proxy_auth)
         timings = self.timings
-        sent = perf()
+        if conn.early:  # the dial sent (part of) this head already
+            data, sent, conn.early = data[conn.early:], conn.early_ns, 0
+        else:
+            conn.stamps.restart()
+            sent = _timing.now_ns()
         try:
-            conn.writer.write(data)
+            if data:
+                conn.writer.write(data)
             if body:
                 conn.writer.write(body)  # not joined to the head: a large body is not copied once more
             if len(data) + len(body or b"") > 65536:
@@ -528,15 +403,13 @@ class Session:
             if reused:
                 raise _StaleConnection() from None
             raise GoError(f"write tcp {conn.addresses()}: write: {_os_text(exc) if isinstance(exc, OSError) else exc}")
-        head = await self._read_head(conn, reused, method)
-        timings.ttfb += head[0] - sent
-        resp = head[1]
+        resp = await self._read_head(conn, reused, method)
+        timings.ttfb += max(0, conn.stamps.first() - sent) / 1e9  # request written to first byte received
         self._framing(resp, method)
         return resp
 
-    async def _read_head(self, conn: Conn, reused: bool, method: str) -> tuple[float, Response]:
+    async def _read_head(self, conn: Conn, reused: bool, method: str) -> Response:
         reader = conn.reader
-        first_byte = 0.0
         for _ in range(6):  # skip up to five 1xx responses, as Go does
             try:
                 line = await reader.readuntil(b"\n")
@@ -554,17 +427,15 @@ class Session:
                 if reused:
                     raise _StaleConnection() from None
                 raise GoError(f"read tcp {conn.addresses()}: read: {_os_text(exc)}") from None
-            if not first_byte:
-                first_byte = perf()
             status, text, minor = _status_line(line)
             headers = await _read_headers(reader, len(line))
             if 100 <= status < 200 and status != 101:
                 continue
-            resp = Response(status, text, headers, conn)
+            resp = Response(status, text, headers, conn, conn.stamps.through(conn.consumed()))
             connection = (resp.header("Connection") or "").lower()
             if "close" in connection or (minor == 0 and "keep-alive" not in connection):
                 conn.reusable = False
-            return first_byte, resp
+            return resp
         raise GoError("net/http: too many 1xx informational responses")
 
     def _framing(self, resp: Response, method: str) -> None:
@@ -593,118 +464,14 @@ class Session:
             return
         resp._mode = _CLOSE
         resp.conn.reusable = False
-
-    # --- connecting --------------------------------------------------------------------------------
-    async def _connect(self, url: URL, key: tuple) -> Conn:
-        proxy = self.proxy
-        if proxy is None:
-            reader, writer = await self._dial(url.host, url.port)
-            conn = self._track(Conn(reader, writer, key))
-        elif proxy.kind in ("http", "https"):
-            try:
-                reader, writer = await self._dial(proxy.host, proxy.port)
-                conn = self._track(Conn(reader, writer, key))
-                if proxy.kind == "https":
-                    await self._handshake(conn, proxy.host, target=False)
-            except GoError as exc:
-                raise GoError(f"proxyconnect tcp: {exc}") from None
-            if url.scheme == "http":
-                conn.absolute_form = True
-                conn.proxy_auth = proxy.basic()
-                return conn
-            await self._connect_tunnel(conn, url)
-        else:
-            where = f"{proxy.kind if proxy.kind == 'socks4' else 'socks'} connect tcp {proxy.address}->{url.hostport}"
-            try:
-                reader, writer = await self._dial(proxy.host, proxy.port)
-            except GoError as exc:
-                raise GoError(f"{where}: {exc}") from None
-            conn = self._track(Conn(reader, writer, key))
-            started = perf()
-            try:
-                if proxy.kind == "socks4":
-                    await self._socks4(conn, url)
-                else:
-                    await self._socks5(conn, url)
-            except asyncio.IncompleteReadError:
-                raise GoError(f"{where}: unexpected EOF") from None
-            except OSError as exc:
-                raise GoError(f"{where}: {_os_text(exc)}") from None
-            except GoError as exc:
-                raise GoError(f"{where}: {exc}") from None
-            finally:
-                self.timings.connect += perf() - started
-        if url.scheme == "https":
-            await self._handshake(conn, url.host, target=True)
-        return conn
-
-    def _track(self, conn: Conn) -> Conn:
-        self._open.append(conn)
-        return conn
-
-    async def _dial(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Resolve, then try each address in turn; errors in Go's dial words."""
-        if not 0 < port < 65536:
-            raise GoError(f"dial tcp: address {port}: invalid port")
-        loop = asyncio.get_running_loop()
-        if _is_ip(host):
-            addresses = [host]
-        else:
-            if not is_domain_name(host):  # Go's resolver refuses such names without asking DNS
-                raise GoError(f"dial tcp: lookup {host}: no such host")
-            started = perf()
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                reason = "no such host" if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)) \
-                    else "server misbehaving"
-                raise GoError(f"dial tcp: lookup {host}{_resolver()}: {reason}") from None
-            finally:
-                self.timings.dns += perf() - started
-            addresses = list(dict.fromkeys(info[4][0] for info in infos))
-        first: GoError | None = None
-        for address in addresses:
-            started = perf()
-            try:
-                return await asyncio.open_connection(address, port, limit=LINE_LIMIT)
-            except OSError as exc:
-                first = first or GoError(f"dial tcp {join_host_port(address, port)}: connect: {_os_text(exc)}")
-            finally:
-                self.timings.connect += perf() - started
-        raise first or GoError(f"dial tcp: lookup {host}: no such host")
-
-    async def _handshake(self, conn: Conn, host: str, target: bool) -> None:
-        started = perf()
-        try:
-            await conn.writer.start_tls(self.ctx, server_hostname=host or None)
-        except ssl.SSLCertVerificationError as exc:
-            chain = getattr(exc, "peer_chain", None) or []
-            if target:
-                self.failed_tls = TLSState(host, self.tls_settings, chain, False)
-            raise GoError(_tls.verify_error_text(exc, host)) from None
-        except ssl.SSLError as exc:
-            raise GoError(_tls.tls_error_text(exc, host)) from None
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            if isinstance(exc, ConnectionResetError):
-                raise GoError(f"read tcp {conn.addresses()}: read: connection reset by peer") from None
-            raise GoError("EOF") from None
-        except OSError as exc:
-            raise GoError(f"read tcp {conn.addresses()}: read: {_os_text(exc)}") from None
-        finally:
-            self.timings.tls += perf() - started
-        if target:
-            ssl_object = conn.writer.get_extra_info("ssl_object")
-            verified = self.tls_settings.verify
-            conn.tls = TLSState(host, self.tls_settings, _tls.chain_der(ssl_object, verified) if ssl_object else [],
-                                verified)
-
     async def _connect_tunnel(self, conn: Conn, url: URL) -> None:
         lines = [f"CONNECT {url.hostport} HTTP/1.1", f"Host: {url.hostport}", f"User-Agent: {self.user_agent}"]
         auth = self.proxy.basic() if self.proxy else None
         if auth:
             lines.append(f"Proxy-Authorization: {auth}")
-        started = perf()
+        started = _timing.now_ns()
         try:
+            conn.stamps.restart()
             conn.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
             try:
                 line = await conn.reader.readuntil(b"\n")
@@ -717,90 +484,36 @@ class Session:
             status, text, _ = _status_line(line)
             await _read_headers(conn.reader, len(line))
         finally:
-            self.timings.connect += perf() - started
+            self.timings.connect += (conn.stamps.through(conn.consumed()) - started) / 1e9
         if status != 200:
             _, sep, reason = text.partition(" ")
             raise GoError(reason if sep else "unknown status code")
-
-    async def _socks5(self, conn: Conn, url: URL) -> None:
-        reader, writer = conn.reader, conn.writer
-        proxy = self.proxy
-        assert proxy is not None
-        writer.write(b"\x05\x02\x00\x02" if proxy.username is not None else b"\x05\x01\x00")
-        version, method = await reader.readexactly(2)
-        if version != 5:
-            raise GoError(f"unexpected protocol version {version}")
-        if method == 0x02 and proxy.username is not None:
-            user, password = proxy.username.encode()[:255], (proxy.password or "").encode()[:255]
-            writer.write(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
-            _, status = await reader.readexactly(2)
-            if status != 0:
-                raise GoError("username/password authentication failed")
-        elif method == 0xFF:
-            raise GoError("no acceptable authentication methods")
-        elif method != 0:
-            raise GoError(f"unsupported authentication method {method}")
-        host = url.host
-        try:
-            ip = ipaddress.ip_address(host)
-            address = (b"\x01" if ip.version == 4 else b"\x04") + ip.packed
-        except ValueError:
-            name = host.encode("idna")
-            if len(name) > 255:
-                raise GoError("FQDN too long") from None
-            address = b"\x03" + bytes([len(name)]) + name  # the proxy resolves the name (socks5h, as Go)
-        writer.write(b"\x05\x01\x00" + address + url.port.to_bytes(2, "big"))
-        version, reply, _, kind = await reader.readexactly(4)
-        if version != 5:
-            raise GoError(f"unexpected protocol version {version}")
-        if reply != 0:
-            raise GoError("unknown error " + _SOCKS5_REPLIES.get(reply, f"unknown code: {reply}"))
-        if kind == 1:
-            await reader.readexactly(6)
-        elif kind == 4:
-            await reader.readexactly(18)
-        elif kind == 3:
-            size = (await reader.readexactly(1))[0]
-            await reader.readexactly(size + 2)
-        else:
-            raise GoError(f"unknown address type {kind}")
-
-    async def _socks4(self, conn: Conn, url: URL) -> None:
-        """SOCKS4 proper: IPv4 only, the client resolves the name, the user name goes as USERID."""
-        host = url.host
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            if not is_domain_name(host):
-                raise GoError(f"lookup {host}: no such host")
-            started = perf()
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, url.port, family=socket.AF_INET,
-                                                                      type=socket.SOCK_STREAM)
-            except socket.gaierror:
-                raise GoError(f"lookup {host}{_resolver()}: no such host") from None
-            finally:
-                self.timings.dns += perf() - started
-            ip = ipaddress.ip_address(infos[0][4][0])
-        if ip.version != 4:
-            raise GoError(f"socks4 cannot reach IPv6 address {ip}")
-        user = (self.proxy.username or "").encode() if self.proxy else b""
-        conn.writer.write(b"\x04\x01" + url.port.to_bytes(2, "big") + ip.packed + user + b"\x00")
-        reply = await conn.reader.readexactly(8)
-        if reply[0] != 0:
-            raise GoError(f"unexpected reply version {reply[0]}")
-        if reply[1] != 0x5A:
-            raise GoError(_SOCKS4_REPLIES.get(reply[1], f"unknown code: {reply[1]}"))
-
 
 class _StaleConnection(Exception):
     """A reused connection was closed by the server before answering: retry on a fresh one (as Go)."""
 
 
+_heads: dict[tuple, bytes] = {}  # recent request heads: a monitor sends the same one every interval
+_HEADS_MAX, _HEAD_CACHED_MAX = 256, 2048  # entries; bytes of a head worth keeping
+
+
 def _request_bytes(method: str, url: URL, header: dict[str, str], body: bytes | None, gzip: bool,
-                   conn: Conn) -> bytes:
+                   absolute_form: bool, proxy_auth: str | None) -> bytes:
     """The request line and headers (the body, if any, is written after them)."""
-    target = url.absolute if conn.absolute_form else url.target
+    key = (method, url.raw, tuple(header.items()), len(body) if body else 0, gzip, absolute_form, proxy_auth)
+    data = _heads.get(key)
+    if data is None:
+        data = _render_head(method, url, header, body, gzip, absolute_form, proxy_auth)
+        if len(data) <= _HEAD_CACHED_MAX:
+            if len(_heads) >= _HEADS_MAX:
+                _heads.clear()
+            _heads[key] = data
+    return data
+
+
+def _render_head(method: str, url: URL, header: dict[str, str], body: bytes | None, gzip: bool,
+                 absolute_form: bool, proxy_auth: str | None) -> bytes:
+    target = url.absolute if absolute_form else url.target
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {url.hostport}\r\n"]
     ua = header.get("User-Agent")
     if ua:
@@ -815,8 +528,8 @@ def _request_bytes(method: str, url: URL, header: dict[str, str], body: bytes | 
         lines.append(f"{name}: {header[name]}\r\n")
     if gzip:
         lines.append("Accept-Encoding: gzip\r\n")
-    if conn.absolute_form and conn.proxy_auth and "Proxy-Authorization" not in header:
-        lines.append(f"Proxy-Authorization: {conn.proxy_auth}\r\n")
+    if absolute_form and proxy_auth and "Proxy-Authorization" not in header:
+        lines.append(f"Proxy-Authorization: {proxy_auth}\r\n")
     lines.append("\r\n")
     return "".join(lines).encode("utf-8", "surrogateescape")
 
@@ -844,7 +557,17 @@ def _status_line(line: bytes) -> tuple[int, str, int]:
 
 
 async def _read_headers(reader: asyncio.StreamReader, used: int) -> list[tuple[str, str]]:
+    """The header lines up to the blank line; `used` is what the status line took of HEAD_LIMIT."""
     headers: list[tuple[str, str]] = []
+    buffered = reader._buffer  # type: ignore[attr-defined]
+    end = _head_end(buffered)
+    if 0 < end and used + end <= HEAD_LIMIT:  # the whole head is here: take it in one piece
+        lines = (await reader.readexactly(end)).split(b"\n")
+        for line in lines[:-2]:  # the last two: the blank line and what follows its \n (nothing)
+            if len(line) > LINE_LIMIT:  # as readuntil's limit below
+                raise GoError(f"net/http: server response headers exceeded {HEAD_LIMIT} bytes; aborted")
+            _header_line(headers, line)
+        return headers
     while True:
         try:
             line = await reader.readuntil(b"\n")
@@ -857,13 +580,28 @@ async def _read_headers(reader: asyncio.StreamReader, used: int) -> list[tuple[s
             raise GoError(f"net/http: server response headers exceeded {HEAD_LIMIT} bytes; aborted")
         if line == b"\r\n" or line == b"\n":
             return headers
-        text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
-        if text[:1] in (" ", "\t") and headers:  # obsolete line folding
-            name, value = headers[-1]
-            headers[-1] = (name, value + " " + text.strip())
-            continue
-        name, sep, value = text.partition(":")
-        if not sep or not name or name != name.strip():
-            raise GoError(f"net/http: HTTP/1.x transport connection broken: malformed MIME header line: {text}")
-        headers.append((name, value.strip(" \t")))
+        _header_line(headers, line)
 
+
+def _head_end(buffered: bytearray) -> int:
+    """Where the blank line ending a head (without its status line) ends in `buffered`; -1 if not there."""
+    if buffered[:1] == b"\n":
+        return 1
+    if buffered[:2] == b"\r\n":
+        return 2
+    crlf, lf = buffered.find(b"\n\r\n"), buffered.find(b"\n\n")
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    return crlf + 3 if lf < 0 or crlf < lf else lf + 2
+
+
+def _header_line(headers: list[tuple[str, str]], line: bytes) -> None:
+    text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+    if text[:1] in (" ", "\t") and headers:  # obsolete line folding
+        name, value = headers[-1]
+        headers[-1] = (name, value + " " + text.strip())
+        return
+    name, sep, value = text.partition(":")
+    if not sep or not name or name != name.strip():
+        raise GoError(f"net/http: HTTP/1.x transport connection broken: malformed MIME header line: {text}")
+    headers.append((name, value.strip(" \t")))

@@ -411,7 +411,8 @@ class _Check:
             client.last_tls = None
             self.start_ns = time.time_ns()
             resp, error = await client.do(method, url, header, body)
-        self.end_ns = time.time_ns()
+        # Go's end: the final response head received (the moment its last byte arrived), or the failure
+        self.end_ns = resp.head_ns if resp is not None and error is None else time.time_ns()
         if error is not None or resp is None:
             return self._result(DOWN, error or "EOF")
         code = resp.status

@@ -1,4 +1,9 @@
-"""`tcp`: connect to host:port and close at once; UP when the handshake completes."""
+"""`tcp`: connect to host:port and close at once; UP when the handshake completes.
+
+ping_ms runs from just before resolving (an IP literal is not resolved) to the moment the handshake
+completed: the kernel's SYN-ACK time when it has a clean sample, else the writability callback (see
+executors/_timing.py), never the moment this coroutine resumes.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import os
 import socket
 import time
 
-from executors import DOWN, UP, Monitor, Result, decode_config, is_domain_name
+from executors import (DOWN, UP, Monitor, Result, _timing, decode_config, is_domain_name, join_host_port,
+                       resolver_suffix)
 
 SCHEMA = {"host": str, "port": int}  # Go's TCPConfig; decoding and `peekaping-worker types` read it
 FIELDS = {  # field -> what it means (for `peekaping-worker types`)
@@ -24,21 +30,22 @@ async def check(monitor: Monitor, proxy: dict | None, budget: float) -> Result:
     start = time.time_ns()
     try:
         async with asyncio.timeout(max(budget, 0.001)):
-            await _dial(host, port)
+            connected = await _dial(host, port)
     except _DialError as exc:
         return Result(DOWN, f"TCP connection failed: {exc}", start, time.time_ns())
     except (asyncio.TimeoutError, TimeoutError):
-        return Result(DOWN, f"TCP connection failed: dial tcp {_join(host, port)}: i/o timeout", start,
+        return Result(DOWN, f"TCP connection failed: dial tcp {join_host_port(host, port)}: i/o timeout", start,
                       time.time_ns())
-    return Result(UP, f"TCP port {port} is open", start, time.time_ns())
+    return Result(UP, f"TCP port {port} is open", start, connected)
 
 
 class _DialError(Exception):
     pass
 
 
-async def _dial(host: str, port: int) -> None:
-    """Resolve, then try each address in turn (as Go's dialer does); raise _DialError in Go's words."""
+async def _dial(host: str, port: int) -> int:
+    """Resolve, then try each address in turn (as Go's dialer does); the unix ns the handshake completed.
+    _DialError in Go's words."""
     loop = asyncio.get_running_loop()
     if not 0 <= port <= 65535:
         raise _DialError(f"dial tcp: address {port}: invalid port")
@@ -50,17 +57,16 @@ async def _dial(host: str, port: int) -> None:
         try:
             infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
-            raise _DialError(f"dial tcp: lookup {host}{_resolver_suffix()}: no such host") from None
+            raise _DialError(f"dial tcp: lookup {host}{resolver_suffix()}: no such host") from None
     last: Exception | None = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, address)
-            return
+            return (await _timing.connect(loop, sock, address))[0]
         except OSError as exc:
             text = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            last = _DialError(f"dial tcp {_join(address[0], port)}: connect: {text}")
+            last = _DialError(f"dial tcp {join_host_port(address[0], port)}: connect: {text}")
         finally:
             sock.close()
     raise last or _DialError(f"dial tcp: lookup {host}: no such host")
@@ -76,21 +82,3 @@ def _literal_address(host: str, port: int) -> list | None:
         address = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
         return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
     return None
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _resolver_suffix() -> str:
-    """Go names the DNS server in lookup errors (` on 127.0.0.11:53`); so do we, when we know it."""
-    try:
-        with open("/etc/resolv.conf") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver":
-                    return f" on {_join(parts[1], 53)}"
-    except OSError:
-        pass
-    return ""
-
