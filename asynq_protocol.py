@@ -154,6 +154,7 @@ class Taken:
     corrupt: list
     lease_expiry: float  # unix seconds on the local clock
     not_hashes: list = field(default_factory=list)  # (queue, id) whose task key is not a hash: dropped
+    paused: list = field(default_factory=list)  # the queues paused when the script ran
 
 
 def decode_task(queue: str, task_id: bytes, raw: bytes) -> Any:
@@ -350,8 +351,9 @@ class Broker:
         args += [",".join(str(i + 1) for i in order) for order in orders]
         sent = time.time()
         reply = await self.run("dequeue_batch", keys, args)
-        taken = Taken([], [], sent + LEASE_SECONDS - int(reply[1]) / 1e6)
-        for i in range(2, len(reply), 3):
+        taken = Taken([], [], sent + LEASE_SECONDS - int(reply[1]) / 1e6,
+                      paused=[queues[int(i) - 1] for i in reply[2].split(b",") if i])
+        for i in range(3, len(reply), 3):
             queue, task_id, raw = queues[int(reply[i]) - 1], reply[i + 1], reply[i + 2]
             if raw is None:
                 taken.not_hashes.append((queue, task_id.decode("utf-8", "replace")))

@@ -95,8 +95,9 @@ return 1
     # task, exactly like one Go dequeue. The lease score is Redis TIME + lease seconds.
     # An id whose hash is missing is dropped from active/lease instead of being left stuck there; one
     # whose key is not a hash leaves the queue too (its msg is returned as nil), so no script error can
-    # strand the tasks taken before it. Returns TIME (seconds, microseconds), then queue index, id and
-    # msg of each task taken; the caller decodes msg and archives what does not decode (see archive).
+    # strand the tasks taken before it. Returns TIME (seconds, microseconds), the indexes of the paused
+    # queues ("1,3"), then queue index, id and msg of each task taken; the caller decodes msg and
+    # archives what does not decode (see archive).
     "dequeue_batch": _PROTO + """
 local nq = (#KEYS - 2) / 4
 local slots = tonumber(ARGV[2])
@@ -106,12 +107,13 @@ local now = redis.call("TIME")
 local sec = tonumber(now[1])
 local lease = sec + tonumber(ARGV[1])
 local stamp = timestamp_field(66, sec, tonumber(now[2]) * 1000)
-local out = {now[1], now[2]}
 local listed = false
 local empty = {}
+local paused = {}
 for q = 1, nq do
-  if redis.call("EXISTS", KEYS[2+(q-1)*4+2]) == 1 then empty[q] = true end
+  if redis.call("EXISTS", KEYS[2+(q-1)*4+2]) == 1 then empty[q] = true paused[#paused+1] = q end
 end
+local out = {now[1], now[2], table.concat(paused, ",")}
 for s = 1, slots do
   local got = false
   for qs in string.gmatch(ARGV[4 + nq + s], "%d+") do

@@ -25,7 +25,7 @@ _PROBE_SCRIPT = "return 1"
 _PROBE_ID = "peekaping-permission-probe"
 # Commands the worker sends itself; the commands inside the Lua scripts are added from the scripts.
 _DIRECT_COMMANDS = ("ping", "time", "select", "eval", "evalsha", "script|load", "subscribe", "unsubscribe",
-                    "sadd", "zrem")
+                    "sadd", "zrem", "blmove")
 _ACL_HINT = "`peekaping-worker --acl-rule` prints the rule a worker needs"
 
 
@@ -198,18 +198,19 @@ async def watch(server: Any, interval: float = 1.0, permission_interval: float =
     since: float | None = None
     refused_throttle = _Throttle(60.0)
     next_probe = 0.0
+    lost: str | None = None  # a lost key permission lasts until a probe finds it back (probed every turn meanwhile)
     try:
         while True:
             problem = cause = None
             try:
                 await asyncio.wait_for(client.ping(), 10)
-                if time.monotonic() >= next_probe:
+                if lost is not None or time.monotonic() >= next_probe:
                     next_probe = time.monotonic() + permission_interval
                     day = time.strftime("%Y-%m-%d", time.gmtime())
                     keys = result_keys() + server_keys(ident) + [k for q in server.queues for k in queue_keys(q, day)]
                     denied = await denied_keys(client, keys)
-                    if denied:
-                        problem = cause = f"the Redis user may no longer read and write {denied[0]}; {_ACL_HINT}"
+                    lost = f"the Redis user may no longer read and write {denied[0]}; {_ACL_HINT}" if denied else None
+                problem = cause = lost
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -121,6 +121,14 @@ class Server:
     # A lease must have expired this long ago AND no live server may list the task before we take it.
     RECOVER_SLACK = 5.0
     IDLE_SLEEP = 1.0  # asynq TaskCheckInterval: sleep interval/2 + U[0, interval) when all queues are empty
+    # When all queues are empty, wait on the unpaused queues' pending lists (pending_watch) instead:
+    # a dequeue runs as soon as one holds an id, else after WAKE_POLL s (twice IDLE_SLEEP's poll while
+    # a queue is paused, so an unpause is seen within 3 s). Each BLMOVE blocks WAKE_BLOCK s per queue
+    # served, so an idle worker sends one BLMOVE per 2 s and one dequeue per 4 s (2 s while a queue is
+    # paused), however many queues: no more than the one dequeue per second of the 1 s poll.
+    WAKE_ON_PUSH = True
+    WAKE_POLL = 4.0
+    WAKE_BLOCK = 2.0
     FETCH_BATCH = 64
 
     def __init__(self, redis: Any, handlers: dict[str, Handler], *, queues: dict[str, int] | None = None,
@@ -146,6 +154,7 @@ class Server:
         self._stop = asyncio.Event()
         self._dequeuing = asyncio.Event()
         self._dequeuing.set()
+        self._watch: Any = None  # pending_watch.PendingWatch, made on the first idle wait
         self._started_at = time.time()
         self._names = list(self.queues)
         self._strict_order = [self._names.index(q) for q in queue_order(self.queues, True)]
@@ -231,6 +240,26 @@ class Server:
         return [[self._names.index(q) for q in queue_order(self.queues, False)] for _ in range(n)]
 
     async def _process(self) -> None:
+        try:
+            await self._dequeue_loop()
+        finally:
+            if self._watch is not None:
+                await self._watch.close()
+
+    async def _idle(self, paused: list) -> None:
+        """Wait for work once a dequeue found every queue empty or paused: until an id is pushed to an
+        unpaused queue's pending list (then the dequeue script takes it, in queue order), or the poll."""
+        _honour_cancellation()  # a dequeue may have swallowed one; a wait of seconds must not follow
+        poll = self.IDLE_SLEEP / 2 + random.random() * self.IDLE_SLEEP
+        if not self.WAKE_ON_PUSH:
+            return await asyncio.sleep(poll)
+        if self._watch is None:
+            from pending_watch import PendingWatch
+            self._watch = PendingWatch(self.redis, len(self._names), self.WAKE_BLOCK * len(self._names))
+        unpaused = [q for q in self._names if q not in paused]
+        await self._watch.wait(unpaused, 2 * poll if paused else self.WAKE_POLL, poll)
+
+    async def _dequeue_loop(self) -> None:
         from redis.exceptions import RedisError
 
         throttle, backoff = _Throttle(), 0.1
@@ -258,7 +287,7 @@ class Server:
                           extra=_fields(task_id=task_id, queue=queue))
             if not taken.messages and not taken.corrupt:
                 if not taken.not_hashes:
-                    await asyncio.sleep(self.IDLE_SLEEP / 2 + random.random() * self.IDLE_SLEEP)
+                    await self._idle(taken.paused)
                 continue
             now = time.time()
             for msg in taken.messages:
