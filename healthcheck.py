@@ -96,9 +96,11 @@ def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False) -> 
 
 def healthcheck_handler(client: Any, extensions: bool = False) -> Handler:
     """The `monitor:healthcheck` handler (Peekaping's worker handler, spec section 3)."""
-    from executors import MAINTENANCE, Monitor, _limits, instant
+    from executors import MAINTENANCE, Monitor, instant
 
     async def handle(task: Task) -> None:
+        from executors import _limits  # on the first task: an idle worker does without it (and ctypes)
+
         _limits.trim_soon(len(task.payload))  # hand the heap back to the OS after a burst of large payloads
         try:
             p = decode_payload(task.payload)

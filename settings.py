@@ -371,10 +371,11 @@ class _Throttle:
 
 def redis_client(settings: Settings) -> Any:
     """The worker's Redis client; ConfigurationError for URL options redis-py would reject later."""
+    _defer_package_metadata()
     from asynq_protocol import connect
 
     options: dict[str, Any] = dict(max_connections=max(16, min(settings.concurrency, 64)), health_check_interval=15,
-                                   socket_connect_timeout=5)
+                                   socket_connect_timeout=5, **_driver_info())
     if settings.redis_url:
         if not settings.redis_url.startswith("unix://"):
             options["socket_keepalive"] = True
@@ -384,6 +385,44 @@ def redis_client(settings: Settings) -> Any:
     return connect(host=settings.redis_host, port=settings.redis_port, password=settings.redis_password or None,
                    db=settings.redis_db, **options)
 
+
+
+def _defer_package_metadata() -> None:
+    """Make `importlib.metadata` load on first use instead of at `import redis`.
+
+    redis-py imports it (and with it email, zipfile, csv, tempfile, pathlib: 1.3-2.5 MB of an idle
+    worker's RSS) only to read its own version for CLIENT SETINFO, which `_driver_info` passes instead.
+    Anything that does use the module gets it whole on its first attribute access (LazyLoader).
+    """
+    name = "importlib.metadata"
+    if name in sys.modules:
+        return
+    try:
+        import importlib
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        importlib.metadata = module  # type: ignore[attr-defined]  # `from importlib import metadata`
+    except Exception:  # an importer LazyLoader cannot wrap: load it the ordinary way, later
+        sys.modules.pop(name, None)
+
+
+def _driver_info() -> dict[str, Any]:
+    """redis-py's CLIENT SETINFO name and version, given so that redis-py need not read its package metadata
+    (redis >= 7; older versions read it at import time anyway)."""
+    try:
+        import redis
+        from redis.driver_info import DriverInfo
+    except ImportError:
+        return {}
+    version = getattr(redis, "__version__", None)
+    return {"driver_info": DriverInfo(name="redis-py", lib_version=version)} if isinstance(version, str) else {}
 
 
 def _check_url_options(url: str) -> None:
@@ -409,9 +448,29 @@ def _check_url_options(url: str) -> None:
         raise ConfigurationError(f"--redis-url: unknown query option {unknown[0]!r}")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized as argparse sizes it but without `import shutil` (and with it bz2 and
+    lzma, ~0.4 MB): argparse makes one on every add_argument, so the worker would load them at start."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            try:
+                width = int(os.environ.get("COLUMNS", "0"))
+            except ValueError:
+                width = 0
+            if width <= 0:
+                try:
+                    width = os.get_terminal_size(sys.__stdout__.fileno()).columns
+                except (AttributeError, ValueError, OSError):
+                    width = 0
+            width = (width or 80) - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="peekaping-worker",
+        prog="peekaping-worker", formatter_class=_HelpFormatter,
         description="Peekaping health-check worker speaking the Asynq protocol. "
                     "`peekaping-worker check TYPE CONFIG` runs one check locally.",
         epilog="Environment: REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB, QUEUE_CONCURRENCY, MODE, "
