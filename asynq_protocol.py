@@ -521,6 +521,21 @@ def connect(url: str | None = None, *, max_connections: int = 32, **options: Any
     return aioredis.Redis(connection_pool=pool)
 
 
+def side_client(redis: Any, connections: int, **overrides: Any) -> Any:
+    """A client on connections of its own, with `redis`'s settings (address, credentials, TLS, the fast
+    connection class) but no retries: for a watch or a blocking command that must neither wait behind
+    the loop's busy pool connections nor hide an outage behind redis-py's reconnect attempts."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    pool = redis.connection_pool
+    kwargs = dict(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
+    kwargs.update(overrides)
+    return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool(
+        connection_class=pool.connection_class, max_connections=connections, timeout=None, **kwargs))
+
+
 def _fast_connection_class(base: type) -> type:
     try:
         import hiredis

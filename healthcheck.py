@@ -95,7 +95,7 @@ def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False) -> 
 
 
 def healthcheck_handler(client: Any, extensions: bool = False) -> Handler:
-    """The `monitor:healthcheck` handler (Peekaping's worker handler, spec section 3)."""
+    """The `monitor:healthcheck` handler (as Peekaping's Go worker handler)."""
     from executors import MAINTENANCE, Monitor, instant
 
     async def handle(task: Task) -> None:

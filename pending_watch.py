@@ -103,23 +103,20 @@ class PendingWatch:
         return False
 
     async def _blmove(self, queue: str) -> Any:
-        key = f"asynq:{{{queue}}}:pending"
-        return await self._connection_pool_client().execute_command("BLMOVE", key, key, "RIGHT", "RIGHT",
-                                                                    f"{self.block:g}")
+        from asynq_protocol import queue_prefix
 
-    def _connection_pool_client(self) -> Any:
-        """A client with a connection per queue and the worker's connection settings (no retries, no
-        health-check PINGs, a read timeout longer than any block)."""
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        key = queue_prefix(queue) + "pending"
+        return await self._blocking_client().execute_command("BLMOVE", key, key, "RIGHT", "RIGHT",
+                                                             f"{self.block:g}")
+
+    def _blocking_client(self) -> Any:
+        """A connection per queue with the worker's settings (no health-check PINGs, a read timeout
+        longer than any block)."""
+        from asynq_protocol import side_client
 
         if self._client is None:
-            pool = self.redis.connection_pool
-            kwargs = dict(pool.connection_kwargs, socket_timeout=self.block + 10, health_check_interval=0,
-                          retry=Retry(NoBackoff(), 0))
-            self._client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool(
-                connection_class=pool.connection_class, max_connections=self._size, timeout=None, **kwargs))
+            self._client = side_client(self.redis, self._size, socket_timeout=self.block + 10,
+                                       health_check_interval=0)
         return self._client
 
     async def close(self) -> None:

@@ -68,8 +68,10 @@ def refusal(exc: BaseException) -> str | None:
 # --- key permissions -----------------------------------------------------------------------------
 
 def queue_keys(queue: str, day: str) -> list[str]:
-    """Names of the keys a server writes for one queue it serves (spec section 1.2)."""
-    p = f"asynq:{{{queue}}}:"
+    """Names of the keys a server writes for one queue it serves."""
+    from asynq_protocol import queue_prefix
+
+    p = queue_prefix(queue)
     return [p + name for name in ("pending", "active", "lease", "paused", "scheduled", "retry", "archived",
                                   "completed", "processed", "failed", f"processed:{day}", f"failed:{day}",
                                   f"t:{_PROBE_ID}", f"unique:{_PROBE_ID}", "aggregation_sets")]
@@ -77,13 +79,17 @@ def queue_keys(queue: str, day: str) -> list[str]:
 
 def result_keys() -> list[str]:
     """Keys written when a result is enqueued to the ingester queue."""
-    p = "asynq:{ingester}:"
-    return [p + "pending", p + f"t:{_PROBE_ID}", p + f"unique:{_PROBE_ID}", "asynq:queues"]
+    from asynq_protocol import ALL_QUEUES, queue_prefix
+
+    p = queue_prefix("ingester")
+    return [p + "pending", p + f"t:{_PROBE_ID}", p + f"unique:{_PROBE_ID}", ALL_QUEUES]
 
 
-def server_keys(ident: str) -> list[str]:
+def heartbeat_keys(server: Any) -> list[str]:
     """Keys of the heartbeat (server info, workers) and the live-worker lookup of the recoverer."""
-    return ["asynq:servers", "asynq:workers", f"asynq:servers:{{{ident}}}", f"asynq:workers:{{{ident}}}"]
+    from asynq_protocol import ALL_SERVERS, ALL_WORKERS, server_keys
+
+    return [ALL_SERVERS, ALL_WORKERS, *server_keys(server.host, server.pid, server.server_id)]
 
 
 async def denied_keys(redis: Any, keys: Iterable[str]) -> list[str]:
@@ -116,13 +122,13 @@ async def start_up(server: Any) -> dict[str, int]:
     await redis.ping()
     await server.broker.load_scripts()
     day = time.strftime("%Y-%m-%d", time.gmtime())
-    ident = f"{server.host}:{server.pid}:{server.server_id}"
     per_queue = {q: queue_keys(q, day) for q in server.queues}
-    required = result_keys() + server_keys(ident)
+    heartbeat = heartbeat_keys(server)
+    required = result_keys() + heartbeat
     denied = set(await denied_keys(redis, required + [k for keys in per_queue.values() for k in keys]))
     for key in required:
         if key in denied:
-            what = "heartbeats" if key in server_keys(ident) else "results (queue ingester)"
+            what = "heartbeats" if key in heartbeat else "results (queue ingester)"
             raise RedisStartupError(f"the Redis user may not read and write {key}, needed for {what}; {_ACL_HINT}")
     await check_cancel_channel(redis)
     served: dict[str, int] = {}
@@ -180,21 +186,15 @@ async def check_clock(redis: Any, clock: Any = time.time) -> float:
 def _own_client(redis: Any) -> Any:
     """One connection with the worker's settings, short timeouts and no retries: the watch must not wait
     behind busy pool connections, nor hide an outage behind redis-py's reconnect attempts."""
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
+    from asynq_protocol import side_client
 
-    pool = redis.connection_pool
-    kwargs = dict(pool.connection_kwargs, socket_timeout=5, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0))
-    return aioredis.Redis(connection_pool=aioredis.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=1, **kwargs))
+    return side_client(redis, 1, socket_timeout=5, socket_connect_timeout=5)
 
 
 async def watch(server: Any, interval: float = 1.0, permission_interval: float = 10.0) -> None:
     """Log an outage once when it starts and once when Redis is back (with how long it was down), and
     refused credentials or lost key permissions at error level (again every minute while they last)."""
     client = _own_client(server.redis)
-    ident = f"{server.host}:{server.pid}:{server.server_id}"
     since: float | None = None
     refused_throttle = _Throttle(60.0)
     next_probe = 0.0
@@ -207,7 +207,7 @@ async def watch(server: Any, interval: float = 1.0, permission_interval: float =
                 if lost is not None or time.monotonic() >= next_probe:
                     next_probe = time.monotonic() + permission_interval
                     day = time.strftime("%Y-%m-%d", time.gmtime())
-                    keys = result_keys() + server_keys(ident) + [k for q in server.queues for k in queue_keys(q, day)]
+                    keys = result_keys() + heartbeat_keys(server) + [k for q in server.queues for k in queue_keys(q, day)]
                     denied = await denied_keys(client, keys)
                     lost = f"the Redis user may no longer read and write {denied[0]}; {_ACL_HINT}" if denied else None
                 problem = cause = lost

@@ -1,9 +1,10 @@
 """peekaping-worker: runs Peekaping health checks from Asynq queues, as the Go worker does.
 
 This module is the loop: the Asynq server (processor, heartbeater, recoverer, forwarder, janitor,
-cancellation subscriber, graceful shutdown), the executor registry and the `monitor:healthcheck`
-handler. Redis-level details live in `asynq_protocol`, settings and logging in `settings`, the
-`check` command in `cli`; checks in `executors/`.
+cancellation subscriber, graceful shutdown) and the executor registry. Peekaping's `monitor:healthcheck`
+handler is in `healthcheck`, Redis-level details in `asynq_protocol` (scripts in `asynq_scripts`),
+start-up checks in `redis_checks`, settings and logging in `settings`, the `check` and `types`
+commands in `cli`; checks in `executors/`.
 Only the standard library is imported at start so `--version` and `--help` answer at once.
 """
 
@@ -136,7 +137,7 @@ class Server:
         from asynq_protocol import Broker
 
         filtered = {q.strip(): p for q, p in (queues or {"default": 1}).items() if q.strip() and p > 0}
-        self.queues = filtered or {"default": 1}
+        queues = filtered or {"default": 1}
         self.redis = redis
         self.broker = Broker(redis)
         self.handlers = handlers
@@ -156,8 +157,7 @@ class Server:
         self._dequeuing.set()
         self._watch: Any = None  # pending_watch.PendingWatch, made on the first idle wait
         self._started_at = time.time()
-        self._names = list(self.queues)
-        self._strict_order = [self._names.index(q) for q in queue_order(self.queues, True)]
+        self._serve(queues)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -171,9 +171,7 @@ class Server:
         if served is None:
             log.info("stopped before Redis became reachable")
             return
-        self.queues = served  # only the queues whose keys the Redis user may read and write
-        self._names = list(served)
-        self._strict_order = [self._names.index(q) for q in queue_order(served, True)]
+        self._serve(served)  # only the queues whose keys the Redis user may read and write
         self._started_at = time.time()
         spawn = asyncio.get_running_loop().create_task
         heartbeat = spawn(self._every(self.HEARTBEAT_INTERVAL, self._heartbeat, now=True), name="heartbeat")
@@ -203,6 +201,12 @@ class Server:
             log.warning("could not clear server state", extra=_fields(error=str(exc)))
         await self.broker.close()
         log.info("worker stopped")
+
+    def _serve(self, queues: dict[str, int]) -> None:
+        """The queues dequeues walk: their names in a fixed order and the strict-priority walk over them."""
+        self.queues = queues
+        self._names = list(queues)
+        self._strict_order = [self._names.index(q) for q in queue_order(queues, True)]
 
     def stop(self) -> None:
         self._stop.set()

@@ -455,6 +455,13 @@ def join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OS error as Go's syscall.Errno prints it: `connection refused`, lower case."""
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
 def resolver_suffix() -> str:
     """Go names the DNS server in lookup errors (` on 127.0.0.11:53`); so do we, when we know it."""
     try:

@@ -13,13 +13,12 @@ import asyncio
 import base64
 import functools
 import ipaddress
-import os
 import socket
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from executors import _poll, _timing, _tls, is_domain_name, join_host_port, resolver_suffix
+from executors import _poll, _timing, _tls, is_domain_name, join_host_port, os_error_text, resolver_suffix
 
 if TYPE_CHECKING:
     from executors._http1 import URL, Timings
@@ -48,7 +47,7 @@ def _is_ip_cached(host: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Proxies (spec 6.1.6, with socks4 done as SOCKS4 rather than Go's SOCKS5)
+# Proxies: http, https, socks5/socks5h as Go; socks4 done as SOCKS4 rather than Go's SOCKS5
 
 @dataclass(frozen=True, slots=True)
 class Proxy:
@@ -144,12 +143,6 @@ class Conn:
             return f"{join_host_port(local[0], local[1])}->{join_host_port(peer[0], peer[1])}"
         except Exception:
             return "?"
-
-
-def _os_text(exc: OSError) -> str:
-    if exc.errno:
-        return os.strerror(exc.errno).lower()
-    return str(exc) or type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,7 +345,7 @@ class Dialer:
             except asyncio.IncompleteReadError:
                 raise GoError(f"{where}: unexpected EOF") from None
             except OSError as exc:
-                raise GoError(f"{where}: {_os_text(exc)}") from None
+                raise GoError(f"{where}: {os_error_text(exc)}") from None
             except GoError as exc:
                 raise GoError(f"{where}: {exc}") from None
             finally:
@@ -398,7 +391,7 @@ class Dialer:
                 if not isinstance(exc, OSError):
                     raise
                 self.timings.connect += (_timing.now_ns() - started) / 1e9
-                first = first or GoError(f"dial tcp {join_host_port(address, port)}: connect: {_os_text(exc)}")
+                first = first or GoError(f"dial tcp {join_host_port(address, port)}: connect: {os_error_text(exc)}")
                 continue
             self.timings.connect += (done - started) / 1e9
             if plain:
@@ -427,7 +420,7 @@ class Dialer:
                 raise GoError(f"read tcp {conn.addresses()}: read: connection reset by peer") from None
             raise GoError("EOF") from None
         except OSError as exc:
-            raise GoError(f"read tcp {conn.addresses()}: read: {_os_text(exc)}") from None
+            raise GoError(f"read tcp {conn.addresses()}: read: {os_error_text(exc)}") from None
         finally:
             self.timings.tls += (_timing.now_ns() - started) / 1e9
         if target:

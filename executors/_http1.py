@@ -7,7 +7,7 @@ reporting (also when verification fails), every proxy kind incl. a TLS proxy and
 reads, Go's redirect rules, and timestamps taken at the I/O rather than when a coroutine resumes
 (`Response.head_ns`, see executors/_timing.py). And it is measured 3x cheaper in CPU per check than
 an aiohttp session per check (see README). Failures raise `GoError`, whose text imitates Go's net/http
-so messages match the Go worker (spec 5.6); the executor adds the `<Op> "<url>": ` prefix.
+so messages match the Go worker's; the executor adds the `<Op> "<url>": ` prefix.
 This module holds URLs, requests and responses; executors/_dial.py the connections.
 """
 
@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from executors import _limits, _timing, _tls
-from executors._dial import (LINE_LIMIT, READ_CHUNK, Conn, Dialer, GoError, Proxy, TLSState, _is_ip, _os_text,
+from executors import _limits, _timing, _tls, os_error_text
+from executors._dial import (LINE_LIMIT, READ_CHUNK, Conn, Dialer, GoError, Proxy, TLSState, _is_ip,
                              join_host_port, proxy_from_task)
 
 __all__ = ["GoError", "Proxy", "Response", "Session", "Timings", "TLSState", "URL", "check_target", "go_quote",
@@ -270,7 +270,7 @@ class Response:
         except ssl.SSLError as exc:
             raise GoError(_tls.tls_error_text(exc, "")) from None
         except OSError as exc:
-            raise GoError(f"read tcp {self.conn.addresses()}: read: {_os_text(exc)}") from None
+            raise GoError(f"read tcp {self.conn.addresses()}: read: {os_error_text(exc)}") from None
 
     async def read_body(self, keep: int, gzip: bool, timings: Timings | None = None) -> bytearray:
         """The body, of which at most `keep` (decoded) bytes are kept; the rest is read and dropped.
@@ -402,7 +402,7 @@ class Session(Dialer):
         except (OSError, RuntimeError) as exc:
             if reused:
                 raise _StaleConnection() from None
-            raise GoError(f"write tcp {conn.addresses()}: write: {_os_text(exc) if isinstance(exc, OSError) else exc}")
+            raise GoError(f"write tcp {conn.addresses()}: write: {os_error_text(exc) if isinstance(exc, OSError) else exc}")
         resp = await self._read_head(conn, reused, method)
         timings.ttfb += max(0, conn.stamps.first() - sent) / 1e9  # request written to first byte received
         self._framing(resp, method)
@@ -426,7 +426,7 @@ class Session(Dialer):
             except OSError as exc:
                 if reused:
                     raise _StaleConnection() from None
-                raise GoError(f"read tcp {conn.addresses()}: read: {_os_text(exc)}") from None
+                raise GoError(f"read tcp {conn.addresses()}: read: {os_error_text(exc)}") from None
             status, text, minor = _status_line(line)
             headers = await _read_headers(reader, len(line))
             if 100 <= status < 200 and status != 101:
@@ -480,7 +480,7 @@ class Session(Dialer):
             except asyncio.LimitOverrunError:
                 raise GoError("malformed HTTP response") from None
             except OSError as exc:
-                raise GoError(f"read tcp {conn.addresses()}: read: {_os_text(exc)}") from None
+                raise GoError(f"read tcp {conn.addresses()}: read: {os_error_text(exc)}") from None
             status, text, _ = _status_line(line)
             await _read_headers(conn.reader, len(line))
         finally:

@@ -6,7 +6,8 @@ import time
 
 from executors import DOWN, Monitor, Result, instant, parse_rfc3339
 
-# Go's PushConfig, for `peekaping-worker types`: the executor never reads the config (spec 6.2).
+# Go's PushConfig, for `peekaping-worker types`: the executor never reads the config; it judges the last
+# heartbeat.
 SCHEMA = {"pushToken": str}
 FIELDS = {"pushToken": "the token in the push URL the monitored system calls (used by the API, not here)"}
 SUMMARY = ("the monitored system pushes to the API; the check is DOWN when the last push is missing, not UP "

@@ -8,12 +8,11 @@ executors/_timing.py), never the moment this coroutine resumes.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 
 from executors import (DOWN, UP, Monitor, Result, _timing, decode_config, is_domain_name, join_host_port,
-                       resolver_suffix)
+                       os_error_text, resolver_suffix)
 
 SCHEMA = {"host": str, "port": int}  # Go's TCPConfig; decoding and `peekaping-worker types` read it
 FIELDS = {  # field -> what it means (for `peekaping-worker types`)
@@ -65,8 +64,7 @@ async def _dial(host: str, port: int) -> int:
         try:
             return (await _timing.connect(loop, sock, address))[0]
         except OSError as exc:
-            text = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            last = _DialError(f"dial tcp {join_host_port(address[0], port)}: connect: {text}")
+            last = _DialError(f"dial tcp {join_host_port(address[0], port)}: connect: {os_error_text(exc)}")
         finally:
             sock.close()
     raise last or _DialError(f"dial tcp: lookup {host}: no such host")
