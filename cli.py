@@ -24,7 +24,7 @@ STATUS_NAMES = {0: "DOWN", 1: "UP", 2: "PENDING", 3: "MAINTENANCE"}
 
 def _say(text: str, stream: Any = None) -> None:
     """Print without ever failing on a lone surrogate (argv bytes that were not UTF-8)."""
-    from executors import clean_text
+    from executors._kit.gojson import clean_text
 
     print(clean_text(text), file=stream or sys.stdout)
 
@@ -45,7 +45,8 @@ def _seconds(text: str) -> float:
 
 async def _check_once(monitor: Any, timeout: float) -> Any:
     """The executor under the timeout; an unexpected exception becomes the DOWN result the worker gives."""
-    from executors import ConfigError, unexpected_result
+    from executors import ConfigError
+    from executors._kit.unexpected import unexpected_result
 
     module = await load_executor(monitor.type)
     start = time.time_ns()
@@ -66,7 +67,8 @@ def check_command(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=_seconds, default=16.0, help="seconds, above 0 and at most 86400 (default 16)")
     parser.add_argument("--json", action="store_true", help="print the ingest fields as JSON")
     args = parser.parse_args(argv)
-    from executors import ConfigError, Monitor, format_rfc3339
+    from executors import ConfigError, Monitor
+    from executors._kit.gotext import format_rfc3339
 
     monitor = Monitor(id="local", name="local check", type=args.type, interval=60,
                       timeout=int(math.ceil(args.timeout)), config=args.config)
@@ -105,7 +107,7 @@ def check_command(argv: list[str]) -> int:
 
 
 def _accepted_codes(config: str) -> list[str]:
-    from executors import decode_struct
+    from executors._kit.gojson import decode_struct
 
     try:
         return decode_struct(config, {"accepted_statuscodes": list}, "HTTPConfig", strict=False)["accepted_statuscodes"]
@@ -180,7 +182,7 @@ def example_command(monitor_type: str, config: dict) -> str:
 
 
 def types_text(wanted: list[str]) -> str:
-    from executors import _GO_TYPES, _zero
+    from executors._kit.gojson import _GO_TYPES, _zero
 
     modules: dict[str, list[str]] = {}
     for name, path in EXECUTORS.items():

@@ -32,7 +32,8 @@ HEARTBEAT_SCHEMA = {"id": str, "monitor_id": str, "status": int, "msg": str, "pi
 
 def decode_payload(data: bytes) -> dict[str, Any]:
     """Lenient Go-style decoding of the health-check payload; ValueError on bad JSON or types."""
-    from executors import decode_struct, parse_rfc3339
+    from executors._kit.gojson import decode_struct
+    from executors._kit.gotext import parse_rfc3339
 
     p = decode_struct(data, PAYLOAD_SCHEMA, "worker.HealthCheckTaskPayload", strict=False)
     if p["proxy"] is not None:
@@ -53,7 +54,8 @@ def check_margin(timeout: float) -> float:
 async def run_check(monitor: Any, proxy: dict | None, budget: float) -> Any:
     """Run one executor under a hard budget; config errors and overruns become DOWN results, and so
     does any unexpected exception (the last line of defence: the monitor still gets its heartbeat)."""
-    from executors import DOWN, ConfigError, Result, instant, unexpected_result
+    from executors import DOWN, ConfigError, Result, instant
+    from executors._kit.unexpected import unexpected_result
 
     module = await load_executor(monitor.type)
     start = time.time_ns()
@@ -70,7 +72,7 @@ async def run_check(monitor: Any, proxy: dict | None, budget: float) -> Any:
 
 
 def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False) -> bytes:
-    from executors import format_rfc3339
+    from executors._kit.gotext import format_rfc3339
 
     body: dict[str, Any] = {
         "monitor_id": p["monitor_id"], "monitor_name": p["monitor_name"], "monitor_type": p["monitor_type"],
@@ -90,7 +92,7 @@ def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False) -> 
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate in an executor's text: U+FFFD, as Go's json.Marshal
-        from executors import clean_text
+        from executors._kit.gojson import clean_text
         return clean_text(text).encode("utf-8")
 
 
@@ -99,7 +101,7 @@ def healthcheck_handler(client: Any, extensions: bool = False) -> Handler:
     from executors import MAINTENANCE, Monitor, instant
 
     async def handle(task: Task) -> None:
-        from executors import _limits  # on the first task: an idle worker does without it (and ctypes)
+        from executors._kit import limits as _limits  # on the first task: an idle worker does without it (and ctypes)
 
         _limits.trim_soon(len(task.payload))  # hand the heap back to the OS after a burst of large payloads
         try:

@@ -584,7 +584,8 @@ class Server:
 async def _guarded(handler: Handler, task: Task) -> Exception | None:
     """Run a handler; return None on success or the error (an unexpected one in Go's panic shape).
     The error text is stored in Redis, so lone surrogates in it become U+FFFD."""
-    from executors import clean_text, where
+    from executors._kit.gojson import clean_text
+    from executors._kit.unexpected import where
 
     try:
         await handler(task)

@@ -1,4 +1,4 @@
-"""What hostile bodies cost a check, before and after the bounds of executors/_limits.py, in one process.
+"""What hostile bodies cost a check, before and after the bounds of executors/_kit/limits.py, in one process.
 
     python bench/bench_hostile.py [--checks 5]
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import uvloop  # noqa: E402
 
 import cpu_peers  # noqa: E402
-from executors import _limits  # noqa: E402
+from executors._kit import limits as _limits  # noqa: E402
 from http_peers import cfg, run  # noqa: E402
 
 

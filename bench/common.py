@@ -63,7 +63,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def payload(monitor_id: str, monitor_type: str, config: dict, *, maintenance: bool = False, timeout: int = 16) -> bytes:
-    from executors import format_rfc3339
+    from executors._kit.gotext import format_rfc3339
 
     return json.dumps({
         "monitor_id": monitor_id, "monitor_name": monitor_id, "monitor_type": monitor_type, "interval": 60,

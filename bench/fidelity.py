@@ -105,7 +105,7 @@ def serve_http(port: int) -> None:
     import socket
 
     sys.path.insert(0, str(ROOT))
-    from executors._timing import ANCILLARY, SO_TIMESTAMPNS, rx_stamp
+    from executors._kit.timing import ANCILLARY, SO_TIMESTAMPNS, rx_stamp
 
     sender = Sender()
     selector = selectors.DefaultSelector()

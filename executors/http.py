@@ -10,7 +10,7 @@ Decisions beyond the spec (issue 3): `tls_info` carries the whole chain (issuerC
 certificate is reported when verification fails, socks4 speaks SOCKS4, the proxy also carries the
 OAuth2 token request, tokens are cached, and bodies are kept only up to HTTP_MAX_BODY_BYTES.
 The bounds on what a target or a config may cost (body cap, gzip inflated only up to it, keyword and
-JSON work through `_limits.offload`, caches bounded in bytes) live in executors/_limits.py.
+JSON work through `_limits.offload`, caches bounded in bytes) live in executors/_kit/limits.py.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-from executors import (DOWN, UP, VERSION, Monitor, Result, decode_config, go_char as _go_char, go_json_error,
-                       instant, reject_json_constant as _reject_constant)
-from executors import _clean_value, _gjson, _limits, _oauth, _tls
-from executors._http1 import (GoError, Proxy, Response, Session, Timings, TLSState, URL, check_target, go_quote,
+from executors import DOWN, UP, VERSION, Monitor, Result, instant
+from executors._kit.gojson import decode_config, go_char as _go_char, go_json_error, reject_json_constant as _reject_constant
+from executors._kit import gjson as _gjson, limits as _limits, oauth as _oauth, tls as _tls
+from executors._kit.gojson import _clean_value
+from executors._kit.http1 import (GoError, Proxy, Response, Session, Timings, TLSState, URL, check_target, go_quote,
                               parse_url, proxy_from_task, redact)
 
 SCHEMA = {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from executors import DOWN, Monitor, Result, instant, parse_rfc3339
+from executors import DOWN, Monitor, Result, instant
+from executors._kit.gotext import parse_rfc3339
 
 # Go's PushConfig, for `peekaping-worker types`: the executor never reads the config; it judges the last
 # heartbeat.

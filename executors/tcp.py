@@ -2,7 +2,7 @@
 
 ping_ms runs from just before resolving (an IP literal is not resolved) to the moment the handshake
 completed: the kernel's SYN-ACK time when it has a clean sample, else the writability callback (see
-executors/_timing.py), never the moment this coroutine resumes.
+executors/_kit/timing.py), never the moment this coroutine resumes.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import asyncio
 import socket
 import time
 
-from executors import (DOWN, UP, Monitor, Result, _timing, decode_config, is_domain_name, join_host_port,
-                       os_error_text, resolver_suffix)
+from executors import DOWN, UP, Monitor, Result
+from executors._kit import timing as _timing
+from executors._kit.gojson import decode_config
+from executors._kit.gotext import is_domain_name, join_host_port, os_error_text, resolver_suffix
 
 SCHEMA = {"host": str, "port": int}  # Go's TCPConfig; decoding and `peekaping-worker types` read it
 FIELDS = {  # field -> what it means (for `peekaping-worker types`)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from executors import format_rfc3339
+from executors._kit.gotext import format_rfc3339
 
 SURROGATES = ["\udc80", "\ud800", "\udfff", "\ud83d", "\ude00", "\udcff"]
 BUILT = ["tcp", "http", "https", "http-keyword", "http-json-query"]

@@ -60,7 +60,7 @@ async def queue_empty(redis, queue: str) -> bool:
 def healthcheck_payload(monitor_type: str, config: dict | str, *, monitor_id: str = "mon-1", interval: int = 60,
                         timeout: int = 16, scheduled_at: str | None = None, **extra: Any) -> bytes:
     """A payload as the Go producer encodes it (key order of spec section 2.2)."""
-    from executors import format_rfc3339
+    from executors._kit.gotext import format_rfc3339
 
     body: dict[str, Any] = {
         "monitor_id": monitor_id, "monitor_name": f"Monitor {monitor_id}", "monitor_type": monitor_type,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from executors import ConfigError, decode_config, decode_struct, format_rfc3339, parse_rfc3339
+from executors import ConfigError
+from executors._kit.gojson import decode_config, decode_struct
+from executors._kit.gotext import format_rfc3339, parse_rfc3339
 
 SCHEMA = {"host": str, "port": int, "flags": list, "on": bool}
 
@@ -97,7 +99,7 @@ def test_lone_surrogates_become_replacement_characters_as_in_go():
 
 
 def test_lone_surrogates_deep_inside_ignored_values_are_replaced_too():
-    from executors import decode_json
+    from executors._kit.gojson import decode_json
 
     value = decode_json(r'{"a":[{"\udc80":["\ud800"]}]}')
     assert value == {"a": [{"\ufffd": ["\ufffd"]}]}
@@ -157,6 +159,6 @@ def test_a_megabyte_of_open_brackets_fails_fast():
     ("b\u00fccher.de", False), ("a b", False), ("\ufffd", False), ("x" * 60 + ("." + "x" * 60) * 4, False),
 ])
 def test_host_names_are_judged_like_gos_is_domain_name(name, valid):
-    from executors import is_domain_name
+    from executors._kit.gotext import is_domain_name
 
     assert is_domain_name(name) is valid

@@ -13,7 +13,7 @@ import asynq_protocol as aq
 import healthcheck
 import worker
 from conftest import FIXTURES
-from executors import format_rfc3339, parse_rfc3339
+from executors._kit.gotext import format_rfc3339, parse_rfc3339
 from helpers import enqueue_healthcheck, healthcheck_payload, ingest_tasks, queue_empty, running_server, task_message, wait_until
 
 INGEST_KEYS = ["monitor_id", "monitor_name", "monitor_type", "monitor_interval", "monitor_timeout",

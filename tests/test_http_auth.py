@@ -12,7 +12,8 @@ import pytest
 
 from http_peers import ProxyServer, Tap, cfg, peer, run
 
-from executors import DOWN, UP, _oauth
+from executors import DOWN, UP
+from executors._kit import oauth as _oauth
 
 
 @pytest.fixture

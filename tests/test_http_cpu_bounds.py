@@ -16,7 +16,8 @@ import uvloop
 import cpu_peers
 from http_peers import cfg, run
 
-from executors import DOWN, UP, _http1, _limits
+from executors import DOWN, UP
+from executors._kit import http1 as _http1, limits as _limits
 from executors import http as http_executor
 
 QUERY_FAILED = "JSON query validation failed: query '{q}' with condition '==' and expected value '1'"

@@ -11,7 +11,7 @@ import pytest
 from http_peers import cfg, peer, run
 
 from executors import DOWN, UP
-from executors._gjson import format_float, get, go_parse_float
+from executors._kit.gjson import format_float, get, go_parse_float
 from executors.http import json_check
 
 # The example document of gjson's README / SYNTAX.md.

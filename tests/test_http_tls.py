@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from http_peers import certs, cfg, peer, run
 
 from executors import DOWN, UP
-from executors._tls import go_name
+from executors._kit.tls import go_name
 
 
 def fp(der: bytes, algo=hashlib.sha256) -> str:

@@ -50,13 +50,13 @@ sys.exit(worker.main())
 
 # Never loaded by an idle worker (a name covers its submodules).
 IDLE_FORBIDDEN = [
-    "executors.tcp", "executors.http", "executors.push", "executors._http1", "executors._tls",
-    "executors._oauth", "executors._gjson", "executors._limits", "executors._dial",
+    "executors.tcp", "executors.http", "executors.push", "executors._kit.http1", "executors._kit.tls",
+    "executors._kit.oauth", "executors._kit.gjson", "executors._kit.limits", "executors._kit.dial",
     "cryptography.x509", "cryptography.hazmat", "spnego", "ctypes", "email", "zipfile", "csv", "tempfile",
     "shutil", "bz2", "lzma", "http.client", "urllib.request",
 ]
 # Still not loaded after a tcp check: the http family and its TLS/crypto stack.
-TCP_FORBIDDEN = ["executors.http", "executors._http1", "executors._tls", "executors._oauth", "executors._gjson",
+TCP_FORBIDDEN = ["executors.http", "executors._kit.http1", "executors._kit.tls", "executors._kit.oauth", "executors._kit.gjson",
                  "cryptography.x509", "cryptography.hazmat", "spnego", "email", "http.client"]
 
 

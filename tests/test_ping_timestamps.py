@@ -18,7 +18,8 @@ import time
 import pytest
 import uvloop
 
-from executors import UP, Monitor, _timing
+from executors import UP, Monitor
+from executors._kit import timing as _timing
 from executors import http as http_executor
 from executors import tcp as tcp_executor
 

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from conftest import ROOT
-from executors import _GO_TYPES, _zero, decode_config
+from executors._kit.gojson import _GO_TYPES, _zero, decode_config
 
 import cli
 import worker

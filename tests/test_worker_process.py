@@ -213,7 +213,7 @@ def test_start_path_imports_no_third_party_and_executors_load_on_demand():
             "import asyncio; asyncio.run(worker.load_executor('tcp'))\n"
             "loaded = sorted(m for m in sys.modules if m.startswith('executors.') and not m.startswith('executors._'))\n"
             "assert loaded == ['executors.tcp'], loaded\n"  # shared private plumbing (timing, dialers) may load
-            "assert 'executors._http1' not in sys.modules, 'tcp loaded the HTTP client'\n")
+            "assert 'executors._kit.http1' not in sys.modules, 'tcp loaded the HTTP client'\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
 

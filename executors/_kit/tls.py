@@ -26,7 +26,8 @@ from typing import Any
 
 import _ssl
 
-from executors import _limits, format_rfc3339
+from executors._kit import limits as _limits
+from executors._kit.gotext import format_rfc3339
 
 # `cryptography` (~10 MB of RSS) is imported on first use: a worker that only checks plain-http
 # monitors never loads it.

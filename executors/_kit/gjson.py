@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Callable
 
-from executors._limits import checkpoint  # every loop over the document stops here when the work is abandoned
+from executors._kit.limits import checkpoint  # every loop over the document stops here when the work is abandoned
 
 NULL, FALSE, NUMBER, STRING, TRUE, JSON = range(6)
 
@@ -801,4 +801,4 @@ def _reject(name: str) -> None:
 
 
 # The modifiers (@pretty, @join, ...) live in their own module and register themselves in _MODIFIERS.
-from executors import _gjson_modifiers  # noqa: E402,F401  (imported for its registrations)
+from executors._kit import gjson_modifiers as _gjson_modifiers  # noqa: E402,F401  (imported for its registrations)

@@ -5,10 +5,10 @@ connection per check (reused only inside the check, as NTLM's three legs require
 (DNS, connect, TLS, first byte, transfer), the TLS session of every connection kept for certificate
 reporting (also when verification fails), every proxy kind incl. a TLS proxy and SOCKS4, bounded
 reads, Go's redirect rules, and timestamps taken at the I/O rather than when a coroutine resumes
-(`Response.head_ns`, see executors/_timing.py). And it is measured 3x cheaper in CPU per check than
+(`Response.head_ns`, see executors/_kit/timing.py). And it is measured 3x cheaper in CPU per check than
 an aiohttp session per check (see README). Failures raise `GoError`, whose text imitates Go's net/http
 so messages match the Go worker's; the executor adds the `<Op> "<url>": ` prefix.
-This module holds URLs, requests and responses; executors/_dial.py the connections.
+This module holds URLs, requests and responses; executors/_kit/dial.py the connections.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from executors import _limits, _timing, _tls, os_error_text
-from executors._dial import (LINE_LIMIT, READ_CHUNK, Conn, Dialer, GoError, Proxy, TLSState, _is_ip,
+from executors._kit import limits as _limits, timing as _timing, tls as _tls
+from executors._kit.gotext import os_error_text
+from executors._kit.dial import (LINE_LIMIT, READ_CHUNK, Conn, Dialer, GoError, Proxy, TLSState, _is_ip,
                              join_host_port, proxy_from_task)
 
 __all__ = ["GoError", "Proxy", "Response", "Session", "Timings", "TLSState", "URL", "check_target", "go_quote",

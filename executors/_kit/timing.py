@@ -33,7 +33,7 @@ import struct
 import sys
 import time
 
-from executors import _poll
+from executors._kit import poll as _poll
 
 COARSE = bool(os.environ.get("PEEKAPING_COARSE_TIMING"))
 LINUX = sys.platform.startswith("linux")

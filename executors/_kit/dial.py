@@ -1,7 +1,7 @@
-"""Connections of the HTTP client (executors/_http1.py): dialling, proxies, TLS, and timestamped reads.
+"""Connections of the HTTP client (executors/_kit/http1.py): dialling, proxies, TLS, and timestamped reads.
 
 A plain connection (http, directly or through a plain proxy) is our own socket read with recvmsg, so
-every read carries the kernel's receive timestamp (executors/_timing.py); a connection that may carry
+every read carries the kernel's receive timestamp (executors/_kit/timing.py); a connection that may carry
 TLS runs on an asyncio transport whose protocol stamps each `data_received`. Either way `Conn.stamps`
 says when each byte arrived, and the handshake's completion comes from `_timing.connect`. Failures
 raise `GoError` in Go's words.
@@ -18,10 +18,11 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from executors import _poll, _timing, _tls, is_domain_name, join_host_port, os_error_text, resolver_suffix
+from executors._kit import poll as _poll, timing as _timing, tls as _tls
+from executors._kit.gotext import is_domain_name, join_host_port, os_error_text, resolver_suffix
 
 if TYPE_CHECKING:
-    from executors._http1 import URL, Timings
+    from executors._kit.http1 import URL, Timings
 
 LINE_LIMIT = 64 * 1024  # one header line; also caps what a stream buffers ahead (2x) before pausing
 READ_CHUNK = 64 * 1024
@@ -165,7 +166,7 @@ class _SocketStream:
 
     It feeds an asyncio.StreamReader (which pauses it past 2x LINE_LIMIT buffered) and offers the
     StreamWriter methods the client uses (write, drain, close, get_extra_info). TLS never runs on it.
-    Readiness comes from the executors' epoll set (executors/_poll.py), not one loop watcher per socket.
+    Readiness comes from the executors' epoll set (executors/_kit/poll.py), not one loop watcher per socket.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, reader: asyncio.StreamReader,

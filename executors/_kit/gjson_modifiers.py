@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json as _json
 
-from executors._gjson import (_MODIFIERS, _WS, JSON, NUMBER, STRING, TRUE, Result, _elements, _string, _valid,
+from executors._kit.gjson import (_MODIFIERS, _WS, JSON, NUMBER, STRING, TRUE, Result, _elements, _string, _valid,
                               get, parse)
-from executors._limits import checkpoint
+from executors._kit.limits import checkpoint
 
 def _ugly(text: str) -> str:
     out = []

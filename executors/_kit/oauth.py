@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 from urllib.parse import urlencode
 
-from executors import _limits
+from executors._kit import limits as _limits
 
 DEFAULT_LIFETIME = 300.0  # seconds, for a token response without expires_in
 MAX_ENTRIES = 1024

@@ -1,0 +1,80 @@
+"""Go's wording where the executors report addresses, OS errors, lookups and times."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import datetime, timezone
+
+# --------------------------------------------------------------------------------------------------
+# Go's net package
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def is_domain_name(name: str) -> bool:
+    """Go's net.isDomainName: ASCII letters, digits, `_` and `-`, labels of 1-63 characters that do not
+    start or end with `-`, at most 253 characters (254 with the final dot), not all digits."""
+    if name == ".":
+        return True
+    if not name or len(name) > 254 or len(name) == 254 and name[-1] != "." or not name.isascii():
+        return False
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    for label in labels:
+        if not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-" or not _LABEL_CHARS.issuperset(label):
+            return False
+    return not name.replace(".", "").isdigit()
+
+
+# --------------------------------------------------------------------------------------------------
+# Go time.Time JSON form: RFC 3339 with up to nine fraction digits, trailing zeros dropped.
+
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def join_host_port(host: str, port: int) -> str:
+    """Go's net.JoinHostPort: IPv6 literals in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OS error as Go's syscall.Errno prints it: `connection refused`, lower case."""
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+def resolver_suffix() -> str:
+    """Go names the DNS server in lookup errors (` on 127.0.0.11:53`); so do we, when we know it."""
+    try:
+        with open("/etc/resolv.conf") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    return f" on {join_host_port(parts[1], 53)}"
+    except OSError:
+        pass
+    return ""
+
+
+def parse_rfc3339(text: str) -> float:
+    """Unix seconds of an RFC 3339 time with 0-9 fraction digits and any offset."""
+    m = _RFC3339.match(text)
+    if not m:
+        raise ValueError(f'parsing time "{text}" as RFC 3339: cannot parse')
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    base = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+    frac = int((m.group(7) or "0").ljust(9, "0")) / 1e9
+    zone = m.group(8)
+    offset = 0 if zone in ("Z", "z") else (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * (1 if zone[0] == "+" else -1)
+    return base + frac - offset
+
+
+def format_rfc3339(unix_ns: int) -> str:
+    """Go's time.Time MarshalJSON form for a UTC instant: `2025-06-01T12:00:00.1301234Z`."""
+    seconds, frac = divmod(unix_ns, 1_000_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if frac:
+        text += "." + f"{frac:09d}".rstrip("0")
+    return text + "Z"
