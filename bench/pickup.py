@@ -31,11 +31,11 @@ LAUNCH = ("import sys, worker; worker.Server.WAKE_ON_PUSH = {wake}; "
           "sys.argv[0] = 'peekaping-worker'; sys.exit(worker.main(sys.argv[1:]))")
 
 
-def start(url: str, queues: str, wake: bool) -> subprocess.Popen:
+def start(url: str, queues: str, wake: bool, root=ROOT) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
     env.update(MODE="prod", LOG_LEVEL="error")
     return subprocess.Popen([sys.executable, "-c", LAUNCH.format(wake=wake), "--redis-url", url, "--queues", queues],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def count_commands(port: int, seconds: float) -> tuple[float, float, dict]:
