@@ -561,12 +561,15 @@ class Server:
     async def _subscriber(self) -> None:
         from asynq_protocol import CANCEL_CHANNEL
 
-        while True:
+        # Reads are bounded and the stop flag is checked between them: redis-py's blocking pubsub read
+        # can swallow a cancellation, and then a shutdown would wait on it forever.
+        while not self._stop.is_set():
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(CANCEL_CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
+                while not self._stop.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if not message or message.get("type") != "message":
                         continue
                     data = message["data"]
                     job = self.jobs.get(data.decode() if isinstance(data, bytes) else str(data))
@@ -578,7 +581,8 @@ class Server:
             except Exception as exc:
                 log.debug("cancel subscription lost; resubscribing", extra=_fields(error=str(exc)))
             await _quietly(pubsub.aclose())
-            await asyncio.sleep(1.0)
+            if not self._stop.is_set():
+                await asyncio.sleep(1.0)
 
 
 async def _guarded(handler: Handler, task: Task) -> Exception | None:
