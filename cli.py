@@ -9,6 +9,7 @@ import importlib
 import json
 import math
 import shlex
+import os
 import sys
 import time
 from typing import Any
@@ -231,4 +232,15 @@ def version_text() -> str:
     return (f"peekaping-worker {__version__} (Python {sys.version.split()[0]})\n"
             f"executors: {', '.join(built)}\n"
             f"not yet supported: {', '.join(coming)}\n"
+            f"ping: {_ping_strategy()}\n"
             "config fields and examples: peekaping-worker types")
+
+
+def _ping_strategy() -> str:
+    """How this host will send pings, as the first ping task will find it."""
+    from executors.ping import strategy
+
+    try:
+        return f"{strategy()} (PEEKAPING_PING_MODE={os.environ.get('PEEKAPING_PING_MODE') or 'auto'})"
+    except ValueError as exc:
+        return f"none: {exc}"

@@ -254,6 +254,10 @@ def load_settings(env: dict[str, str], args: argparse.Namespace) -> Settings:
     s.log_level = merged.get("LOG_LEVEL", s.log_level).lower()
     if s.log_level not in LOG_LEVELS:
         raise ConfigurationError(f"LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
+    ping_mode = env.get("PEEKAPING_PING_MODE", "").strip().lower()  # read again by executors.ping
+    if ping_mode not in ("", "auto", "datagram", "raw", "command"):
+        raise ConfigurationError(f"PEEKAPING_PING_MODE: must be one of auto, datagram, raw, command, "
+                                 f"got {env['PEEKAPING_PING_MODE']!r}")
     s.tz = merged.get("TZ", s.tz)
     s.service_name = merged.get("SERVICE_NAME", s.service_name)
 

@@ -42,9 +42,11 @@ EXECUTORS: dict[str, str | None] = {
     "push": "executors.push",
     "http": "executors.http", "https": "executors.http", "http-keyword": "executors.http",
     "http-json-query": "executors.http",
-    "ping": None, "icmp": None, "dns": None, "docker": None, "grpc-keyword": None, "grpc": None,
-    "snmp": None, "mongodb": None, "mysql": None, "postgres": None, "sqlserver": None, "redis": None,
-    "mqtt": None, "rabbitmq": None, "kafka-producer": None, "websocket": None,
+    "ping": "executors.ping", "icmp": "executors.ping", "dns": "executors.dns", "snmp": "executors.snmp",
+    "docker": "executors.docker", "websocket": "executors.websocket",
+    "grpc-keyword": None, "grpc": None,
+    "postgres": None, "mysql": None, "mongodb": None, "sqlserver": None, "redis": None,
+    "mqtt": None, "rabbitmq": None, "kafka-producer": None,
 }
 
 log = logging.getLogger("peekaping.worker")

@@ -54,10 +54,12 @@ IDLE_FORBIDDEN = [
     "executors._kit.oauth", "executors._kit.gjson", "executors._kit.limits", "executors._kit.dial",
     "cryptography.x509", "cryptography.hazmat", "spnego", "ctypes", "email", "zipfile", "csv", "tempfile",
     "shutil", "bz2", "lzma", "http.client", "urllib.request",
+    "executors.ping", "executors.dns", "executors.snmp", "executors.websocket", "executors.docker",
+    "executors.grpc_keyword", "executors._kit.icmp", "executors._kit.snmp_values", "dns", "websockets",
 ]
 # Still not loaded after a tcp check: the http family and its TLS/crypto stack.
-TCP_FORBIDDEN = ["executors.http", "executors._kit.http1", "executors._kit.tls", "executors._kit.oauth", "executors._kit.gjson",
-                 "cryptography.x509", "cryptography.hazmat", "spnego", "email", "http.client"]
+TCP_FORBIDDEN = ["executors.http", "executors._kit.http1", "executors._kit.tls", "executors._kit.oauth",
+                 "executors._kit.gjson", "cryptography.x509", "cryptography.hazmat", "spnego", "email", "http.client"]
 
 
 def _loaded(modules: list[str], forbidden: list[str]) -> list[str]:

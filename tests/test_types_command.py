@@ -86,7 +86,7 @@ def test_http_examples_list_accepted_statuscodes_and_the_field_says_why(listing)
             assert config["accepted_statuscodes"] == ["2XX"]
 
 
-def test_every_example_command_gives_its_documented_status_against_a_local_peer(listing, open_port):
+def test_every_example_command_gives_its_documented_status_against_a_local_peer(listing, open_port, request):
     from http_peers import certs, peer
 
     env = {"SSL_CERT_FILE": certs().ca_file}  # the https peer's CA, as a system bundle would be
@@ -97,6 +97,26 @@ def test_every_example_command_gives_its_documented_status_against_a_local_peer(
         elif monitor_type in PEER_PATHS:
             scheme = urlsplit(config["url"]).scheme
             config["url"] = peer(scheme).url(PEER_PATHS[monitor_type], host="localhost")
+        elif monitor_type == "dns":
+            from dns_peers import Nsd
+            nsd = Nsd()
+            nsd.start()
+            request.addfinalizer(nsd.stop)
+            config.update(host="www.peek.test", resolver_server="127.0.0.1", port=nsd.port)
+        elif monitor_type == "snmp":
+            from snmp_peers import agent
+            config["port"] = agent().port
+        elif monitor_type == "docker":
+            from conftest import free_port
+            from docker_peers import DockerDaemon, Pki
+            daemon = DockerDaemon(Pki(), free_port())
+            request.addfinalizer(daemon.stop)
+            daemon.start()
+            daemon.run_one("web")
+            config["docker_daemon"] = daemon.socket
+        elif monitor_type == "websocket":
+            from ws_peers import peers
+            config["url"] = peers().url("wss", "/echo", host="localhost")
         proc = run("check", monitor_type, json.dumps(config), "--timeout", "10", env=env)
         assert proc.stdout.split("  ")[0] == status, (monitor_type, proc.stdout, proc.stderr)
         assert proc.returncode == (0 if status == "UP" else 1)

@@ -157,6 +157,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 20) -> subproc
     ({}, ["--queues", "healthcheck"], "--queues"),
     ({}, ["--queues", "a:0"], "--queues"),
     ({}, ["--redis-url", "http://x"], "--redis-url"),
+    ({"PEEKAPING_PING_MODE": "icmp"}, [], "PEEKAPING_PING_MODE"),
 ])
 def test_bad_setting_exits_2_naming_it(env, args, setting):
     proc = run_cli(*args, env=env)
@@ -168,6 +169,8 @@ def test_bad_setting_exits_2_naming_it(env, args, setting):
 def test_version_and_help_answer_without_redis():
     version = run_cli("--version")
     assert version.returncode == 0 and "peekaping-worker" in version.stdout and "tcp" in version.stdout
+    forced = run_cli("--version", env={"PEEKAPING_PING_MODE": "command"})
+    assert "ping: command (PEEKAPING_PING_MODE=command)" in forced.stdout.splitlines()
     helptext = run_cli("--help")
     assert helptext.returncode == 0 and "--concurrency" in helptext.stdout and "--redis-url" in helptext.stdout
 

@@ -78,3 +78,28 @@ def format_rfc3339(unix_ns: int) -> str:
     if frac:
         text += "." + f"{frac:09d}".rstrip("0")
     return text + "Z"
+
+
+def go_duration(ns: int) -> str:
+    """Go's time.Duration.String(): `850ns`, `12.5µs`, `1.5ms`, `2.5s`, `1m30s`, `1h0m0s`."""
+    if ns == 0:
+        return "0s"
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+    if ns < 1_000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return f"{sign}{_fraction(ns, 3)}µs"
+    if ns < 1_000_000_000:
+        return f"{sign}{_fraction(ns, 6)}ms"
+    hours, rest = divmod(ns, 3_600_000_000_000)
+    minutes, rest = divmod(rest, 60_000_000_000)
+    text = f"{hours}h" if hours else ""
+    if hours or minutes:
+        text += f"{minutes}m"
+    return f"{sign}{text}{_fraction(rest, 9)}s"
+
+
+def _fraction(value: int, digits: int) -> str:
+    whole, part = divmod(value, 10 ** digits)
+    tail = f"{part:0{digits}d}".rstrip("0")
+    return f"{whole}.{tail}" if tail else str(whole)
