@@ -43,8 +43,8 @@ EXECUTORS: dict[str, str | None] = {
     "http": "executors.http", "https": "executors.http", "http-keyword": "executors.http",
     "http-json-query": "executors.http",
     "ping": "executors.ping", "icmp": "executors.ping", "dns": "executors.dns", "snmp": "executors.snmp",
-    "docker": "executors.docker", "websocket": "executors.websocket",
-    "grpc-keyword": None, "grpc": None,
+    "docker": "executors.docker", "grpc-keyword": "executors.grpc_keyword", "grpc": "executors.grpc_keyword",
+    "websocket": "executors.websocket",
     "postgres": None, "mysql": None, "mongodb": None, "sqlserver": None, "redis": None,
     "mqtt": None, "rabbitmq": None, "kafka-producer": None,
 }

@@ -114,6 +114,9 @@ def test_every_example_command_gives_its_documented_status_against_a_local_peer(
             daemon.start()
             daemon.run_one("web")
             config["docker_daemon"] = daemon.socket
+        elif monitor_type in ("grpc-keyword", "grpc"):
+            from grpc_peers import shared
+            config["grpcUrl"] = f"127.0.0.1:{shared().plain_port}"
         elif monitor_type == "websocket":
             from ws_peers import peers
             config["url"] = peers().url("wss", "/echo", host="localhost")
