@@ -139,15 +139,37 @@ class Lab:
             user: int | None = None) -> dict:
         """Run ping checks (configs) concurrently inside `namespace` with PEEKAPING_PING_MODE=mode."""
         argv = ["ip", "netns", "exec", namespace]
+        python, script = sys.executable, __file__
         if user is not None:
             argv += ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
-        argv += [sys.executable, __file__, "run"]
+            python, script = self._readable_copy()
+            loop = "asyncio"  # the system interpreter has no uvloop
+        argv += [python, script, "run"]
         request = json.dumps({"jobs": jobs, "timeout": timeout, "loop": loop})
         env = dict(os.environ, PEEKAPING_PING_MODE=mode, PYTHONDONTWRITEBYTECODE="1")
         proc = subprocess.run(argv, input=request, capture_output=True, text=True, env=env, timeout=60)
         if proc.returncode != 0:
             raise AssertionError(f"runner failed ({proc.returncode}): {proc.stderr}")
         return json.loads(proc.stdout)
+
+    def _readable_copy(self) -> tuple[str, str]:
+        """(interpreter, runner) another user can reach: the checkout and its virtualenv may sit in a
+        folder only root can enter (a CI clone), so the runner and the executors package are copied to
+        a world-readable folder and run by the system's Python (the ping executor needs only the
+        standard library)."""
+        staged = self.dir / "src"
+        if not staged.exists():
+            shutil.copytree(ROOT / "executors", staged / "executors",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            (staged / "tests").mkdir()
+            shutil.copy(__file__, staged / "tests" / "netns_peers.py")  # ROOT is the runner's folder's parent
+            for folder in (self.dir, *[Path(d) for d, _, _ in os.walk(staged)]):
+                folder.chmod(0o755)
+            for path in staged.rglob("*.py"):
+                path.chmod(0o644)
+        python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)),
+                      sys.executable)
+        return python, str(staged / "tests" / "netns_peers.py")
 
     def cleanup(self) -> None:
         if self.responder is not None and self.responder.poll() is None:
