@@ -45,7 +45,8 @@ EXECUTORS: dict[str, str | None] = {
     "ping": "executors.ping", "icmp": "executors.ping", "dns": "executors.dns", "snmp": "executors.snmp",
     "docker": "executors.docker", "grpc-keyword": "executors.grpc_keyword", "grpc": "executors.grpc_keyword",
     "websocket": "executors.websocket",
-    "postgres": None, "mysql": None, "mongodb": None, "sqlserver": None, "redis": None,
+    "postgres": "executors.postgres", "mysql": "executors.mysql", "sqlserver": "executors.sqlserver",
+    "redis": "executors.redis", "mongodb": None,
     "mqtt": None, "rabbitmq": None, "kafka-producer": None,
 }
 

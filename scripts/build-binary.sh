@@ -40,7 +40,11 @@ allowed = {"uvloop", "hiredis"}
 if without - allowed:
     sys.exit(f"build-binary: BUILD_WITHOUT may only name {sorted(allowed)}, got {sorted(without - allowed)}")
 with open("pyproject.toml", "rb") as fh:
-    deps = tomllib.load(fh)["project"]["dependencies"]
+    meta = tomllib.load(fh)
+# the runtime dependencies plus the extras every build carries (database and broker drivers)
+deps = meta["project"]["dependencies"] + [
+    dep for extra in meta["tool"]["peekaping-worker"]["bundled-extras"]
+    for dep in meta["project"]["optional-dependencies"][extra]]
 for dep in deps:
     name = re.match(r"[A-Za-z0-9._-]+", dep).group(0).lower().replace("_", "-")
     if name not in without:

@@ -32,7 +32,11 @@ mkdir -p "$STAGE/app" "$STAGE/wheels" dist
 import re, tomllib
 OPTIONAL_COMPILED = {"hiredis", "uvloop"}  # accelerators the worker runs without
 with open("pyproject.toml", "rb") as fh:
-    deps = tomllib.load(fh)["project"]["dependencies"]
+    meta = tomllib.load(fh)
+# the runtime dependencies plus the extras every build carries (database and broker drivers)
+deps = meta["project"]["dependencies"] + [
+    dep for extra in meta["tool"]["peekaping-worker"]["bundled-extras"]
+    for dep in meta["project"]["optional-dependencies"][extra]]
 for dep in deps:
     name = re.match(r"[A-Za-z0-9._-]+", dep).group(0).lower().replace("_", "-")
     if name not in OPTIONAL_COMPILED:

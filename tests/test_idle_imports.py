@@ -56,6 +56,8 @@ IDLE_FORBIDDEN = [
     "shutil", "bz2", "lzma", "http.client", "urllib.request",
     "executors.ping", "executors.dns", "executors.snmp", "executors.websocket", "executors.docker",
     "executors.grpc_keyword", "executors._kit.icmp", "executors._kit.snmp_values", "dns", "websockets",
+    "executors.postgres", "executors.mysql", "executors.mongodb", "executors.sqlserver", "executors.redis",
+    "asyncpg", "aiomysql", "pymysql", "pytds", "pymongo", "bson", "grpclib", "h2",
 ]
 # Still not loaded after a tcp check: the http family and its TLS/crypto stack.
 TCP_FORBIDDEN = ["executors.http", "executors._kit.http1", "executors._kit.tls", "executors._kit.oauth",

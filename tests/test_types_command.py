@@ -117,6 +117,12 @@ def test_every_example_command_gives_its_documented_status_against_a_local_peer(
         elif monitor_type in ("grpc-keyword", "grpc"):
             from grpc_peers import shared
             config["grpcUrl"] = f"127.0.0.1:{shared().plain_port}"
+        elif monitor_type == "sqlserver":
+            from tds_server import Rows, TDSServer
+            tds = TDSServer(users={"sa": "password"}, queries={"SELECT 1": [Rows([("", "int")], [(1,)])]})
+            request.addfinalizer(tds.close)
+            config["database_connection_string"] = config["database_connection_string"].replace(
+                "localhost,1433", f"127.0.0.1,{tds.port}")
         elif monitor_type == "websocket":
             from ws_peers import peers
             config["url"] = peers().url("wss", "/echo", host="localhost")
