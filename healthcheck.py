@@ -71,7 +71,8 @@ async def run_check(monitor: Any, proxy: dict | None, budget: float) -> Any:
         return unexpected_result(monitor, proxy, exc, start)
 
 
-def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False) -> bytes:
+def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False, origin: dict | None = None) -> bytes:
+    """The ingest JSON; with extensions, phase timings and `origin` (`site`, `worker`: where it was checked)."""
     from executors._kit.gotext import format_rfc3339
 
     body: dict[str, Any] = {
@@ -88,6 +89,8 @@ def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False) -> 
     body["check_cert_expiry"] = p["check_cert_expiry"]
     if extensions and result.timings:
         body["timings"] = result.timings
+    if extensions and origin:
+        body.update(origin)
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     try:
         return text.encode("utf-8")
@@ -96,8 +99,22 @@ def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False) -> 
         return clean_text(text).encode("utf-8")
 
 
-def healthcheck_handler(client: Any, extensions: bool = False) -> Handler:
-    """The `monitor:healthcheck` handler (as Peekaping's Go worker handler)."""
+async def enqueue_result(client: Any, p: dict[str, Any], result: Any, extensions: bool = False,
+                         origin: dict | None = None) -> None:
+    """Enqueue the `monitor:ingest` task of a result with the Go worker's options; TaskError if Redis refuses."""
+    try:
+        await client.enqueue(INGEST_TASK, ingest_payload(p, result, extensions, origin), queue="ingester",
+                             max_retry=3, timeout=120, retention=3600, unique_ttl=1,
+                             task_id=f"ingest:{p['monitor_id']}:{result.start_ns}")
+    except Exception as exc:
+        raise TaskError(f"failed to enqueue ingester task: {exc}") from None
+    log.info("Successfully enqueued result to ingester",
+             extra=_fields(monitor_id=p["monitor_id"], status=result.status, ping_ms=result.ping_ms))
+
+
+def healthcheck_handler(client: Any, extensions: bool = False, origin: dict | None = None) -> Handler:
+    """The `monitor:healthcheck` handler (as Peekaping's Go worker handler); `origin` is added to results
+    with extensions."""
     from executors import MAINTENANCE, Monitor, instant
 
     async def handle(task: Task) -> None:
@@ -123,13 +140,6 @@ def healthcheck_handler(client: Any, extensions: bool = False) -> Handler:
             if result is None:
                 log.debug("Executor returned nil - no heartbeat needed", extra=_fields(monitor_id=monitor.id))
                 return
-        try:
-            await client.enqueue(INGEST_TASK, ingest_payload(p, result, extensions), queue="ingester",
-                                 max_retry=3, timeout=120, retention=3600, unique_ttl=1,
-                                 task_id=f"ingest:{monitor.id}:{result.start_ns}")
-        except Exception as exc:
-            raise TaskError(f"failed to enqueue ingester task: {exc}") from None
-        log.info("Successfully enqueued result to ingester",
-                 extra=_fields(monitor_id=monitor.id, status=result.status, ping_ms=result.ping_ms))
+        await enqueue_result(client, p, result, extensions, origin)
 
     return handle

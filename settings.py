@@ -19,6 +19,9 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 DEFAULT_QUEUES = {"critical": 6, "healthcheck": 5, "default": 3, "low": 1}
+# A site's queue is `healthcheck-<site>`; names stay plain so queue keys and ACL patterns need no quoting.
+SITE_QUEUE_PREFIX = "healthcheck-"
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 # Configuration
 
@@ -42,6 +45,8 @@ class Settings:
     tz: str = "UTC"
     service_name: str = "peekaping:worker"
     result_extensions: bool = False
+    site: str = ""  # --site: serve healthcheck-<site>; results carry it with --result-extensions
+    worker_id: str = ""  # --worker-id: the `worker` field of results (host:pid when empty)
 
     def redis_target(self) -> str:
         """Where Redis is, for logs: never includes the password."""
@@ -277,6 +282,18 @@ def load_settings(env: dict[str, str], args: argparse.Namespace) -> Settings:
             raise ConfigurationError("--shutdown-timeout: must not be negative")
         s.shutdown_timeout = args.shutdown_timeout
     s.result_extensions = bool(getattr(args, "result_extensions", False))
+    site = getattr(args, "site", None)
+    if site is not None:
+        if not SITE_NAME.fullmatch(site):
+            raise ConfigurationError(f"--site: must be 1-63 letters, digits, '-', '_' or '.', starting with a letter "
+                                     f"or digit, got {site!r}")
+        s.site = site
+        s.queues = {SITE_QUEUE_PREFIX + site: 5, **(parse_queues(args.queues) if args.queues else {})}
+    worker_id = getattr(args, "worker_id", None)
+    if worker_id is not None:
+        if not worker_id.strip() or len(worker_id) > 128 or not worker_id.isprintable():
+            raise ConfigurationError("--worker-id: must be 1-128 printable characters")
+        s.worker_id = worker_id
     return s
 
 
@@ -489,7 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weighted queue selection instead")
     parser.add_argument("--shutdown-timeout", type=float, help="seconds to let checks finish on SIGTERM (default 8)")
     parser.add_argument("--result-extensions", action="store_true",
-                        help="add extra fields (phase timings) to ingest payloads; the Go ingester ignores them")
+                        help="add extra fields (phase timings, site, worker) to ingest payloads; the Go ingester "
+                             "ignores them")
+    parser.add_argument("--site", help="serve this site's queue, healthcheck-<site> (priority 5), instead of the "
+                                           "default queues; --queues adds others. See `peekaping-worker route`")
+    parser.add_argument("--worker-id", help="the `worker` field of results with --result-extensions (default host:pid)")
     parser.add_argument("--acl-rule", action="store_true",
                         help="print the minimal Redis ACL SETUSER line for a worker serving --queues, then exit")
     return parser

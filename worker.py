@@ -4,7 +4,7 @@ This module is the loop: the Asynq server (processor, heartbeater, recoverer, fo
 cancellation subscriber, graceful shutdown) and the executor registry. Peekaping's `monitor:healthcheck`
 handler is in `healthcheck`, Redis-level details in `asynq_protocol` (scripts in `asynq_scripts`),
 start-up checks in `redis_checks`, settings and logging in `settings`, the `check` and `types`
-commands in `cli`; checks in `executors/`.
+commands in `cli`, the `route` command (sites) in `router` and `sites_rules`; checks in `executors/`.
 Only the standard library is imported at start so `--version` and `--help` answer at once.
 """
 
@@ -670,7 +670,8 @@ async def serve(settings: Settings) -> None:
     redis = redis_client(settings)
     server = Server(redis, {}, queues=settings.queues, concurrency=settings.concurrency,
                     strict_priority=settings.strict_priority, shutdown_timeout=settings.shutdown_timeout)
-    server.handlers[HEALTHCHECK_TASK] = healthcheck_handler(Client(server.broker), settings.result_extensions)
+    server.handlers[HEALTHCHECK_TASK] = healthcheck_handler(Client(server.broker), settings.result_extensions,
+                                                            result_origin(settings, server))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop)
@@ -680,6 +681,13 @@ async def serve(settings: Settings) -> None:
         await server.run()
     finally:
         await redis.aclose()
+
+
+def result_origin(settings: Settings, server: Server) -> dict[str, str]:
+    """The `site` (when --site is given) and `worker` fields of results with --result-extensions."""
+    origin = {"site": settings.site} if settings.site else {}
+    origin["worker"] = settings.worker_id or f"{server.host}:{server.pid}"
+    return origin
 
 
 def _event_loop_runner() -> Callable[[Awaitable[Any]], Any]:
@@ -695,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "check":
         from cli import check_command
         return check_command(argv[1:])
+    if argv and argv[0] == "route":
+        from router import route_command
+        return route_command(argv[1:])
     if argv and argv[0] == "types":
         from cli import types_command
         return types_command(argv[1:])
