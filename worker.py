@@ -46,7 +46,7 @@ EXECUTORS: dict[str, str | None] = {
     "docker": "executors.docker", "grpc-keyword": "executors.grpc_keyword", "grpc": "executors.grpc_keyword",
     "websocket": "executors.websocket",
     "postgres": "executors.postgres", "mysql": "executors.mysql", "sqlserver": "executors.sqlserver",
-    "redis": "executors.redis", "mongodb": None,
+    "redis": "executors.redis", "mongodb": "executors.mongodb",
     "mqtt": None, "rabbitmq": None, "kafka-producer": None,
 }
 

@@ -123,6 +123,12 @@ def test_every_example_command_gives_its_documented_status_against_a_local_peer(
             request.addfinalizer(tds.close)
             config["database_connection_string"] = config["database_connection_string"].replace(
                 "localhost,1433", f"127.0.0.1,{tds.port}")
+        elif monitor_type == "mongodb":
+            from mongo_peers import Secantus
+            mongo = Secantus(auth=False)
+            request.addfinalizer(mongo.cleanup)
+            mongo.start()
+            config["connectionString"] = f"mongodb://127.0.0.1:{mongo.port}/admin"
         elif monitor_type == "websocket":
             from ws_peers import peers
             config["url"] = peers().url("wss", "/echo", host="localhost")
