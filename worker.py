@@ -47,7 +47,7 @@ EXECUTORS: dict[str, str | None] = {
     "websocket": "executors.websocket",
     "postgres": "executors.postgres", "mysql": "executors.mysql", "sqlserver": "executors.sqlserver",
     "redis": "executors.redis", "mongodb": "executors.mongodb",
-    "mqtt": None, "rabbitmq": None, "kafka-producer": None,
+    "rabbitmq": "executors.rabbitmq", "mqtt": None, "kafka-producer": None,
 }
 
 log = logging.getLogger("peekaping.worker")

@@ -129,6 +129,11 @@ def test_every_example_command_gives_its_documented_status_against_a_local_peer(
             request.addfinalizer(mongo.cleanup)
             mongo.start()
             config["connectionString"] = f"mongodb://127.0.0.1:{mongo.port}/admin"
+        elif monitor_type == "rabbitmq":
+            from rabbit_peers import HttpPeer, response
+            rabbit = HttpPeer(response("200 OK", b'{"status":"ok"}'))
+            request.addfinalizer(rabbit.close)
+            config["nodes"] = [rabbit.url]
         elif monitor_type == "websocket":
             from ws_peers import peers
             config["url"] = peers().url("wss", "/echo", host="localhost")
