@@ -46,7 +46,7 @@ from executors import DOWN, UP, Monitor, Result, instant
 from executors._kit import poll as _poll
 from executors._kit import timing as _timing
 from executors._kit.gojson import decode_config
-from executors._kit.gotext import is_domain_name, join_host_port, os_error_text, resolver_suffix
+from executors._kit.gotext import go_quote_bytes, is_domain_name, join_host_port, os_error_text, resolver_suffix
 
 SCHEMA = {"host": str, "resolver_server": str, "port": int, "resolve_type": str}  # Go's DNSConfig
 FIELDS = {
@@ -206,7 +206,7 @@ async def _caa(asker: "_Asker", host: str) -> str:
     records = _records(await asker.ask(host, _T.CAA), _T.CAA)
     if not records:
         raise _NoRecords
-    items = [f"{rd.flags} {_go_string(rd.tag)} {_go_quote(rd.value)}" for rd in records]
+    items = [f"{rd.flags} {_go_string(rd.tag)} {go_quote_bytes(rd.value)}" for rd in records]
     return f"CAA records: {'; '.join(items)}"
 
 
@@ -225,35 +225,14 @@ _LOOKUPS = {"A": _a, "AAAA": _aaaa, "CAA": _caa, "CNAME": _cname, "MX": _mx, "NS
 
 # --------------------------------------------------------------------------------------------------
 # Go's text for raw bytes: a Go string prints them as they are (JSON then shows each invalid UTF-8
-# byte as U+FFFD); %q escapes them.
+# byte as U+FFFD); %q escapes them (gotext.go_quote_bytes).
 
 _ESCAPED = re.compile("[\udc80-\udcff]")
-_QUOTE_ESCAPES = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-                  "\t": "\\t", "\v": "\\v"}
 
 
 def _go_string(raw: bytes) -> str:
     text = raw.decode("utf-8", "surrogateescape")
     return _ESCAPED.sub("\ufffd", text) if not text.isascii() else text
-
-
-def _go_quote(raw: bytes) -> str:
-    """strconv.Quote of a byte string: invalid UTF-8 bytes as \\xNN, non-printable characters escaped."""
-    out = ['"']
-    for ch in raw.decode("utf-8", "surrogateescape"):
-        o = ord(ch)
-        if ch in _QUOTE_ESCAPES:
-            out.append(_QUOTE_ESCAPES[ch])
-        elif 0xDC80 <= o <= 0xDCFF:
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o:02x}")
-        elif o > 0x7F and not ch.isprintable():
-            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ with the client pair and CA given as PEM text; the pair is loaded from an anonym
 so no key is ever written to disk). The exchange is the Go client's (github.com/docker/docker/client
 v28.3, which the Go worker uses): `GET /_ping` to negotiate the API version (the lower of the
 daemon's and 1.51), then `GET /v<version>/containers/<id>/json`. It runs on the project's HTTP/1.1
-client (executors/_kit/http1.py) plus the Unix-socket dial below: the Docker SDK would add requests,
-urllib3 and four more packages (~4.5 MB installed, ~20 MB RSS, ~100 ms import) and block a thread
-per check, for two GET requests.
+client (executors/_kit/http1.py) and its Unix-socket dial (Dialer.dial_unix): the Docker SDK would add
+requests, urllib3 and four more packages (~4.5 MB installed, ~20 MB RSS, ~100 ms import) and block a
+thread per check, for two GET requests.
 
 Failures are worded as the Go client words them (`Cannot connect to the Docker daemon at ...`,
 `error during connect: Get "...": ...`, `Error response from daemon: No such container: ...`) with
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import posixpath
 import re
-import socket
 import ssl
 import time
 from http import HTTPStatus
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 from executors import DOWN, PENDING, UP, VERSION, ConfigError, Monitor, Result, instant
 from executors._kit import timing as _timing
 from executors._kit import tls as _tls
-from executors._kit.dial import LINE_LIMIT, Conn, _SocketStream
+from executors._kit.dial import Conn
 from executors._kit.gojson import decode_config, decode_json
 from executors._kit.gotext import os_error_text
 from executors._kit.http1 import URL, GoError, Session, Timings, go_quote, parse_url
@@ -193,13 +192,6 @@ def _clean(path: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Connections: the HTTP/1.1 session, with a Unix-socket dial
 
-class _UnixConn(Conn):
-    __slots__ = ("path",)
-
-    def addresses(self) -> str:
-        return f"@->{self.path}"  # Go's local->remote for an unnamed Unix socket
-
-
 class _DockerSession(Session):
     """A Session whose connections go to the daemon's Unix socket when there is one."""
 
@@ -207,27 +199,10 @@ class _DockerSession(Session):
         super().__init__(daemon.tls or _tls.TLSSettings(), None, timings, USER_AGENT)
         self.unix_path = daemon.unix_path
 
-    async def _dial(self, host: str, port: int, key: tuple, plain: bool, early: bytes = b"") -> Conn:
-        path = self.unix_path
-        if path is None:
-            return await super()._dial(host, port, key, plain, early)
-        address = "\0" + path[1:] if path.startswith("@") else path  # Go: a leading @ names an abstract socket
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        started = _timing.now_ns()
-        try:
-            error = sock.connect_ex(address)  # a Unix connect completes or fails at once
-        except (OSError, ValueError) as exc:
-            error = exc.errno if isinstance(exc, OSError) and exc.errno else 22
-        self.timings.connect += (_timing.now_ns() - started) / 1e9
-        if error:
-            sock.close()
-            raise GoError(f"dial unix {path}: connect: {os_error_text(OSError(error, ''))}")
-        loop = asyncio.get_running_loop()
-        stamps = _timing.Stamps()
-        reader = asyncio.StreamReader(limit=LINE_LIMIT, loop=loop)
-        conn = _UnixConn(reader, _SocketStream(loop, sock, reader, stamps, path), key, stamps)
-        conn.path = path
-        return conn  # `early` is not sent here: the exchange writes the whole request
+    async def dial(self, host: str, port: int, key: tuple, plain: bool, early: bytes = b"") -> Conn:
+        if self.unix_path is None:
+            return await super().dial(host, port, key, plain, early)
+        return await self.dial_unix(self.unix_path, key)  # `early` is not sent: the exchange writes the request
 
 
 # --------------------------------------------------------------------------------------------------

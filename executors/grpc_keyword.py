@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import re
 import socket
 import ssl
 import time
@@ -40,6 +38,7 @@ from executors import DOWN, UP, ConfigError, Monitor, Result, instant
 from executors._kit import limits as _limits, proto_text as _proto_text, timing as _timing, tls as _tls
 from executors._kit.gotext import is_domain_name, join_host_port, os_error_text, resolver_suffix
 from executors._kit.gojson import decode_config, go_json_error
+from executors._kit.grpc_target import Target, parse_target
 
 SCHEMA = {"grpcUrl": str, "grpcProtobuf": str, "grpcServiceName": str, "grpcMethod": str, "grpcEnableTls": bool,
           "grpcBody": str, "keyword": str, "invertKeyword": bool}  # Go's GRPCConfig
@@ -122,17 +121,9 @@ def _mapped(exc: BaseException) -> _Failure | None:
 
 
 @dataclass
-class _Target:
-    host: str
-    port: int
-    path: str | None = None  # a unix socket
-    authority: str = ""
-
-
-@dataclass
 class _Check:
     """One check's connection state, phase timings and TLS session."""
-    target: _Target
+    target: Target
     tls: bool
     phase: str = "dial"
     seconds: dict[str, float] = field(default_factory=dict)
@@ -156,7 +147,7 @@ async def check(monitor: Monitor, proxy: dict | None, budget: float) -> Result:
     except ConfigError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
     try:
-        target = _parse_target(cfg["grpcUrl"])
+        target = parse_target(cfg["grpcUrl"])
     except ValueError as exc:
         return instant(DOWN, f"failed to create gRPC client: {exc}")
     state = _Check(target, cfg["grpcEnableTls"])
@@ -461,42 +452,7 @@ async def _receive(stream: Any, reply_class: Any, first: bool = True) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Connection: target syntax, dial, TLS
-
-_HOST_PORT = re.compile(r"^(?:\[([^\]]*)\]|([^:\[\]]*))(?::([^:]*))?$")
-
-
-def _parse_target(url: str) -> _Target:
-    """gRPC name syntax (dns, ipv4/ipv6, unix, passthrough schemes; host:port); ValueError otherwise."""
-    if not url:
-        raise ValueError("empty target")
-    rest = url
-    if rest.startswith("unix:"):
-        path = rest[len("unix://"):] if rest.startswith("unix://") else rest[len("unix:"):]
-        if not path:
-            raise ValueError(f'missing socket path in target "{url}"')
-        return _Target("localhost", 0, path, "localhost")
-    if rest.startswith(("ipv4:", "ipv6:")):
-        rest = rest[5:].split(",", 1)[0]
-    elif "://" in rest:  # scheme://authority/endpoint
-        scheme, _, after = rest.partition("://")
-        if scheme not in ("dns", "passthrough"):
-            raise ValueError(f'unsupported scheme "{scheme}" in target "{url}" (use host:port)')
-        rest = after.partition("/")[2]
-    found = _HOST_PORT.match(rest)
-    if not found:
-        raise ValueError(f'target "{url}" is not host:port')
-    host = found.group(1) if found.group(1) is not None else found.group(2)
-    port_text = found.group(3)
-    if port_text is None or port_text == "":
-        port = 443  # grpc-go's default port
-    elif port_text.isdigit() and 0 < int(port_text) < 65536:
-        port = int(port_text)
-    else:
-        raise ValueError(f'invalid port "{port_text}" in target "{url}"')
-    host = host or "localhost"
-    return _Target(host, port, None, join_host_port(host, port))
-
+# Connection: dial, TLS (the target's syntax: executors/_kit/grpc_target.py)
 
 class _StampedProtocol(H2Protocol):
     """grpclib's HTTP/2 protocol, noting when bytes last arrived (the end of `ping_ms`)."""
@@ -516,8 +472,9 @@ class _Channel(Channel):
     """A grpclib channel whose connection is dialled by `_connect` (Go's texts, timings, tls_info)."""
 
     def __init__(self, state: _Check) -> None:
-        super().__init__(state.target.host, state.target.port, ssl=_client_context() if state.tls else None,
-                         codec=ProtoCodec())
+        # TLS: the system roots (SSL_CERT_FILE / SSL_CERT_DIR honoured, as by Go), ALPN h2
+        context = _tls.client_context(_tls.TLSSettings(), alpn=("h2",)) if state.tls else None
+        super().__init__(state.target.host, state.target.port, ssl=context, codec=ProtoCodec())
         self._authority = state.target.authority
         self._check = state
 
@@ -615,20 +572,3 @@ async def _resolve_host(loop: asyncio.AbstractEventLoop, state: _Check) -> list[
     finally:
         state.add("dns", started)
     return list(dict.fromkeys((info[0], info[4]) for info in infos))
-
-
-_contexts = _limits.BoundedCache(max_bytes=4 << 20, max_entries=4)
-
-
-def _client_context() -> ssl.SSLContext:
-    """System roots (SSL_CERT_FILE / SSL_CERT_DIR honoured, as by Go), TLS 1.2+, ALPN h2."""
-    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    ctx = _contexts.get(key)
-    if ctx is None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        ctx.set_alpn_protocols(["h2"])
-        ctx.sslobject_class = _tls._CapturingSSLObject  # keeps the chain of a handshake that failed verification
-        _contexts.put(key, ctx, 1 << 20)
-    return ctx

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from executors import DOWN, UP, VERSION, Monitor, Result, instant
-from executors._kit.gojson import decode_config, go_char as _go_char, go_json_error, reject_json_constant as _reject_constant
+from executors._kit.gojson import decode_config, go_json_error, reject_json_constant as _reject_constant
+from executors._kit.gojson import string_map as _string_map  # also the websocket executor's `headers`
+from executors._kit.gotext import canonical_key
 from executors._kit import gjson as _gjson, limits as _limits, oauth as _oauth, tls as _tls
-from executors._kit.gojson import _clean_value
 from executors._kit.http1 import (GoError, Proxy, Response, Session, Timings, TLSState, URL, check_target, go_quote,
                               parse_url, proxy_from_task, redact)
 
@@ -134,17 +135,6 @@ def _make_plan(config: str) -> _Plan:
 # --------------------------------------------------------------------------------------------------
 # Go's small renderings
 
-def canonical_key(name: str) -> str:
-    """textproto.CanonicalMIMEHeaderKey: `x-custom-header` -> `X-Custom-Header`; invalid names unchanged."""
-    if not _TOKEN.match(name):
-        return name
-    out, upper = [], True
-    for ch in name:
-        out.append(ch.upper() if upper else ch.lower())
-        upper = ch == "-"
-    return "".join(out)
-
-
 def _op(method: str) -> str:
     """url.Error's Op: the method with everything after the first letter lower-cased (`Get`)."""
     return method[:1] + method[1:].lower() if method else "Get"
@@ -152,38 +142,6 @@ def _op(method: str) -> str:
 
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode("utf-8", "surrogateescape")).decode()
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), "number")
-
-
-def _string_map(text: str) -> dict[str, str]:
-    """json.Unmarshal into map[string]string; ValueError with Go's text."""
-    try:
-        value = _clean_value(json.loads(text, parse_constant=_reject_constant))
-    except RecursionError:
-        raise ValueError("exceeded max depth") from None
-    except json.JSONDecodeError as exc:
-        if exc.doc in ("NaN", "Infinity", "-Infinity"):  # Python accepts these words, Go does not
-            start = text.find(exc.doc)
-            raise ValueError(f"invalid character {_go_char(text[start])} looking for beginning of value") from None
-        raise ValueError(go_json_error(text, exc)) from None
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"json: cannot unmarshal {_kind(value)} into Go value of type map[string]string")
-    out: dict[str, str] = {}
-    for key, item in value.items():
-        if item is None:
-            out[key] = ""
-        elif isinstance(item, str):
-            out[key] = item
-        else:
-            raise ValueError(f"json: cannot unmarshal {_kind(item)} into Go value of type string")
-    return out
 
 
 def _referer(url: URL) -> str:

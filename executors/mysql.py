@@ -2,9 +2,10 @@
 
 The wire protocol is aiomysql's (pure Python, on PyMySQL's packet code); this module brings the parts
 Go's go-sql-driver/mysql decides differently: the `mysql://` URL rules and the DSN options Go
-honours (`tls`, `timeout`, `readTimeout`, `charset`, `collation`, the `allow*Passwords` switches,
-`multiStatements`), the TLS upgrade, which auth plugins may answer, and Go's error texts
-(`Error 1045 (28000): Access denied ...`, `invalid connection`, `context deadline exceeded`).
+honours (executors/_kit/mysql_dsn.py: `tls`, `timeout`, `readTimeout`, `charset`, `collation`, the
+`allow*Passwords` switches, `multiStatements`), the TLS upgrade, which auth plugins may answer, and
+Go's error texts (`Error 1045 (28000): Access denied ...`, `invalid connection`, `context deadline
+exceeded`).
 Unknown DSN parameters are checked like Go checks them but are NOT sent to the server as `SET`s.
 
 ping_ms runs from just after the config is decoded (before validation, as Go) to the arrival of the
@@ -15,17 +16,14 @@ session setup), ping (COM_PING), query (COM_QUERY to the last row).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import re
 import socket
 import ssl
 import struct
 import time
-import zoneinfo
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from urllib.parse import unquote, unquote_to_bytes, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiomysql
 import pymysql.err
@@ -35,10 +33,11 @@ from pymysql.constants import CLIENT, COMMAND
 from pymysql.protocol import MysqlPacket
 
 from executors import DOWN, UP, Monitor, Result
-from executors._kit import limits as _limits, timing as _timing, tls as _tls
+from executors._kit import ed25519, timing as _timing, tls as _tls
 from executors._kit.gojson import decode_config
 from executors._kit.gotext import is_domain_name, join_host_port, os_error_text, resolver_suffix
 from executors._kit.http1 import GoError, go_quote, parse_url
+from executors._kit.mysql_dsn import Options, parse_options
 
 SCHEMA = {"connection_string": str, "query": str}  # Go's MySQLConfig
 FIELDS = {
@@ -190,153 +189,6 @@ def _raw_password(raw: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# DSN options: Go's parseDSNParams and normalize, with Go's texts
-
-_BOOLS = {"1": True, "true": True, "TRUE": True, "True": True, "0": False, "false": False, "FALSE": False,
-          "False": False}
-_BOOL_OPTIONS = {"allowCleartextPasswords": "allow_cleartext", "allowFallbackToPlaintext": "fallback_to_plaintext",
-                 "allowNativePasswords": "allow_native", "allowOldPasswords": "allow_old",
-                 "multiStatements": "multi_statements", "interpolateParams": "interpolate",
-                 # checked as Go checks them; no effect on a health check
-                 "allowAllFiles": "", "checkConnLiveness": "", "clientFoundRows": "", "columnsWithAlias": "",
-                 "compress": "", "parseTime": "", "rejectReadOnly": ""}
-_UNESCAPED_OPTIONS = {"tls": "invalid value for TLS config name: ", "loc": "",
-                      "serverPubKey": "invalid value for server pub key name: ",
-                      "connectionAttributes": "invalid connectionAttributes value: "}
-_UNSAFE_COLLATIONS = {"big5_chinese_ci", "sjis_japanese_ci", "gbk_chinese_ci", "big5_bin", "gb2312_bin", "gbk_bin",
-                      "sjis_bin", "cp932_japanese_ci", "cp932_bin", "gb18030_chinese_ci", "gb18030_bin",
-                      "gb18030_unicode_520_ci"}
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-          "m": 60_000_000_000, "h": 3_600_000_000_000}
-_NUMBER = re.compile(r"([0-9]*)(\.([0-9]*))?")
-_UNIT = re.compile(r"[^.0-9]*")
-
-
-@dataclass(slots=True)
-class Options:
-    tls: str = ""  # "", "true", "skip-verify", "preferred"
-    fallback_to_plaintext: bool = False
-    dial_timeout: float = 0.0  # seconds; 0: none beyond the check's budget
-    read_timeout: float = 0.0
-    charsets: list[str] = field(default_factory=list)
-    collation: str = ""
-    allow_cleartext: bool = False
-    allow_native: bool = True
-    allow_old: bool = False
-    multi_statements: bool = False
-    interpolate: bool = False
-
-
-def parse_options(raw_query: str) -> Options:
-    """The options of the URL's raw query as Go's driver reads them (parseDSNParams, then normalize);
-    ValueError with Go's text for the first bad one."""
-    o = Options()
-    tls_name = pub_key = ""
-    for item in raw_query.split("&"):
-        key, found, value = item.partition("=")
-        if not found:
-            continue
-        if key in _BOOL_OPTIONS:
-            if value not in _BOOLS:
-                raise ValueError(f"invalid bool value: {value}")
-            if _BOOL_OPTIONS[key]:
-                setattr(o, _BOOL_OPTIONS[key], _BOOLS[value])
-        elif key == "tls" and (value in _BOOLS or value.lower() in ("skip-verify", "preferred")):
-            tls_name = {True: "true", False: "false"}.get(_BOOLS.get(value), value.lower())
-        elif key in _UNESCAPED_OPTIONS:
-            text = _query_unescape(value, _UNESCAPED_OPTIONS[key])
-            if key == "tls":
-                tls_name = text
-            elif key == "loc":
-                _check_location(text)
-            elif key == "serverPubKey":
-                pub_key = text
-        elif key == "charset":
-            o.charsets = value.split(",")
-        elif key == "collation":
-            o.collation = value
-        elif key in ("timeout", "readTimeout", "writeTimeout"):
-            seconds = max(go_parse_duration(value), 0) / 1e9  # Go: zero or less is no timeout
-            o.dial_timeout = seconds if key == "timeout" else o.dial_timeout
-            o.read_timeout = seconds if key == "readTimeout" else o.read_timeout
-        elif key == "timeTruncate":
-            try:
-                go_parse_duration(value)
-            except ValueError as exc:
-                raise ValueError(f"invalid timeTruncate value: {value}, error: {exc}") from None
-        elif key == "maxAllowedPacket":
-            if not re.fullmatch(r"[+-]?[0-9]+", value):
-                raise ValueError(f"strconv.Atoi: parsing {go_quote(value)}: invalid syntax")
-            if not -(1 << 63) <= int(value) < 1 << 63:
-                raise ValueError(f"strconv.Atoi: parsing {go_quote(value)}: value out of range")
-        elif key == "strict":
-            raise ValueError("strict mode has been removed. "
-                             "See https://github.com/go-sql-driver/mysql/wiki/strict-mode")  # Go panics here
-        else:  # Go sends these to the server as `SET key=value`; here they are only checked
-            _query_unescape(value)
-    if o.interpolate and o.collation in _UNSAFE_COLLATIONS:
-        raise ValueError("invalid DSN: interpolateParams can not be used with unsafe collations")
-    if tls_name not in ("", "false", "true", "skip-verify", "preferred"):
-        raise ValueError(f"invalid value / unknown config name: {tls_name}")
-    o.tls = "" if tls_name == "false" else tls_name
-    o.fallback_to_plaintext = o.fallback_to_plaintext or tls_name == "preferred"
-    if pub_key:  # no key can be registered with this worker (Go: RegisterServerPubKey)
-        raise ValueError(f"invalid value / unknown server pub key name: {pub_key}")
-    return o
-
-
-def go_parse_duration(text: str) -> int:
-    """Go's time.ParseDuration, in nanoseconds; ValueError with Go's text."""
-    invalid = ValueError(f"time: invalid duration {go_quote(text)}")
-    rest = text[1:] if text[:1] in ("-", "+") else text
-    if rest == "0":
-        return 0
-    if not rest:
-        raise invalid
-    total = 0
-    while rest:
-        if not (rest[0] == "." or "0" <= rest[0] <= "9"):
-            raise invalid
-        number = _NUMBER.match(rest)
-        whole, fraction = number.group(1), number.group(3) or ""
-        if not whole and not fraction:
-            raise invalid
-        rest = rest[number.end():]
-        unit = _UNIT.match(rest).group()
-        if not unit:
-            raise ValueError(f"time: missing unit in duration {go_quote(text)}")
-        if unit not in _UNITS:
-            raise ValueError(f"time: unknown unit {go_quote(unit)} in duration {go_quote(text)}")
-        rest = rest[len(unit):]
-        total += int(whole or 0) * _UNITS[unit] + int(fraction or 0) * _UNITS[unit] // 10 ** len(fraction)
-        if total > 1 << 63:
-            raise invalid
-    return -total if text[:1] == "-" else total
-
-
-_ESCAPE = re.compile(r"%(?:[0-9A-Fa-f]{2})?")
-
-
-def _query_unescape(value: str, prefix: str = "") -> str:
-    """Go's url.QueryUnescape ('+' is a space); ValueError(prefix + Go's text) on a bad escape."""
-    for match in _ESCAPE.finditer(value):
-        if len(match.group()) != 3:
-            raise ValueError(f"{prefix}invalid URL escape {go_quote(value[match.start():match.start() + 3])}")
-    return unquote_to_bytes(value.replace("+", " ")).decode("utf-8", "replace")
-
-
-def _check_location(name: str) -> None:
-    if name in ("", "UTC", "Local"):
-        return
-    if ".." in name or name[0] in "/\\":
-        raise ValueError("time: invalid location name")
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f"unknown time zone {name}") from None
-
-
-# --------------------------------------------------------------------------------------------------
 # The connection
 
 class _Protocol(asyncio.StreamReaderProtocol):
@@ -468,7 +320,10 @@ class _Connection(aiomysql.Connection):
         self.write_packet(_ssl_request(self.client_flag))
         host = self.target.host
         try:
-            await self._writer.start_tls(_tls_context(verify), server_hostname=host if verify else None)
+            # tls=true: the system roots (SSL_CERT_FILE / SSL_CERT_DIR honoured, as by Go) and the host name;
+            # skip-verify / preferred: no verification
+            context = _tls.client_context(_tls.TLSSettings(verify=verify), alpn=None)
+            await self._writer.start_tls(context, server_hostname=host if verify else None)
         except ssl.SSLCertVerificationError as exc:
             raise _Failure(_tls.verify_error_text(exc, host)) from None
         except ssl.SSLError as exc:
@@ -511,7 +366,7 @@ class _Connection(aiomysql.Connection):
             scramble = auth_packet.read_all()
             if len(scramble) != 32:
                 raise _Failure(ERR_MALFORMED)
-            self.write_packet(_ed25519_sign(self._password.encode("latin-1"), scramble))
+            self.write_packet(ed25519.sign(self._password.encode("latin-1"), scramble))
             return await self._read_packet()
         if name not in ("caching_sha2_password", "sha256_password", "mysql_native_password", "mysql_clear_password"):
             raise _Failure(ERR_UNKNOWN_PLUGIN)
@@ -641,27 +496,6 @@ def _ssl_request(client_flag: int) -> bytes:
     return struct.pack("<iIB23s", client_flag, MAX_PACKET_LEN, charset_by_name("utf8mb4").id, b"")
 
 
-_contexts = _limits.BoundedCache(max_bytes=4 << 20, max_entries=4)
-
-
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    """tls=true: system roots (SSL_CERT_FILE / SSL_CERT_DIR honoured, as by Go) and the host name;
-    skip-verify / preferred: no verification. TLS 1.2+ as Go's client."""
-    key = (verify, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    ctx = _contexts.get(key)
-    if ctx is None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if verify:
-            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-            ctx.sslobject_class = _tls._CapturingSSLObject  # the failing chain, for Go's x509 texts
-        else:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        _contexts.put(key, ctx, 1 << 20)
-    return ctx
-
-
 def _sql_name(text: str) -> str:
     """A quoted identifier (Go sends the name as written; quoting keeps it one name whatever it holds)."""
     return "`" + text.replace("`", "``") + "`"
@@ -679,48 +513,3 @@ def _collation_charset(collation: str) -> str | None:
                 continue
             _COLLATIONS[known.collation] = known.name
     return _COLLATIONS.get(collation)
-
-
-# --------------------------------------------------------------------------------------------------
-# MariaDB's client_ed25519: an Ed25519 signature of the scramble whose secret is SHA-512(password),
-# for a password of any length (which is why a library's Ed25519, fed 32-byte seeds, cannot do it)
-
-_P = 2 ** 255 - 19
-_L = 2 ** 252 + 27742317777372353535851937790883648493
-_D2 = 2 * -121665 * pow(121666, _P - 2, _P) % _P
-_BX = 15112221349535400772501151409588531511454012693041857206046113283949847762202
-_BY = 46316835694926478169428394003475163141307993866256225615783033603165251855960
-_BASE = (_BX, _BY, 1, _BX * _BY % _P)
-
-
-def _point_add(p: tuple, q: tuple) -> tuple:
-    """Twisted Edwards addition in extended coordinates (also right for doubling)."""
-    x1, y1, z1, t1 = p
-    x2, y2, z2, t2 = q
-    a, b = (y1 - x1) * (y2 - x2) % _P, (y1 + x1) * (y2 + x2) % _P
-    c, d = t1 * _D2 * t2 % _P, 2 * z1 * z2 % _P
-    e, f, g, h = b - a, d - c, d + c, b + a
-    return e * f % _P, g * h % _P, f * g % _P, e * h % _P
-
-
-def _base_times(scalar: int) -> bytes:
-    result, addend = (0, 1, 1, 0), _BASE
-    while scalar:
-        if scalar & 1:
-            result = _point_add(result, addend)
-        addend = _point_add(addend, addend)
-        scalar >>= 1
-    x, y, z, _ = result
-    inverse = pow(z, _P - 2, _P)
-    x, y = x * inverse % _P, y * inverse % _P
-    return (y | (x & 1) << 255).to_bytes(32, "little")
-
-
-def _ed25519_sign(secret: bytes, message: bytes) -> bytes:
-    digest = hashlib.sha512(secret).digest()
-    scalar = int.from_bytes(digest[:32], "little") & ((1 << 254) - 8) | 1 << 254
-    public = _base_times(scalar)
-    nonce = int.from_bytes(hashlib.sha512(digest[32:] + message).digest(), "little") % _L
-    r = _base_times(nonce)
-    k = int.from_bytes(hashlib.sha512(r + public + message).digest(), "little") % _L
-    return r + ((nonce + k * scalar) % _L).to_bytes(32, "little")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from executors import DOWN, UP, Monitor, Result
-from executors._kit import timing as _timing
+from executors._kit import gourl, timing as _timing
 from executors._kit import tls as _tls
 from executors._kit.gojson import decode_config
 from executors._kit.gotext import is_domain_name, join_host_port, os_error_text, resolver_suffix
@@ -54,6 +54,7 @@ ALLOWED_QUERIES = ("select", "show", "describe", "explain", "desc", "with", "val
 QUERY_RULE = "only SELECT, SHOW, DESCRIBE, EXPLAIN, WITH, and VALUES statements are allowed for monitoring queries"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 NO_SSL = "pgdriver: SSL is not enabled on the server"  # Go's text when TLS is required and refused
+MASK = "***"  # what a password shows as in a message
 CLOSE_GRACE = 1.0  # seconds at most for a polite Terminate after the result is known
 
 
@@ -83,29 +84,19 @@ class _ParseError(Exception):
     """The complete DOWN message for a connection string that cannot be used."""
 
 
-@dataclass(slots=True)
-class _URL:
-    scheme: str = ""
-    host: str = ""  # host[:port] as in the URL (unescaped)
-    user: str | None = None
-    password: str | None = None
-    path: str = ""
-    query: str = ""
-
-
-def _validate(raw: str) -> _URL:
+def _validate(raw: str) -> gourl.URL:
     """Go's url.Parse, then ValidateConnectionString's rules, in Go's words."""
     def fail(reason: str) -> _ParseError:
         return _ParseError(f"connection string validation failed: {reason}")
     if raw == "":
         raise fail("connection string cannot be empty")
     try:
-        url = _go_url_parse(raw)
-    except ValueError as exc:
-        raise fail(f"invalid connection string format: {exc}") from None
+        url = gourl.parse(raw)
+    except gourl.URLError as exc:
+        raise fail(f"invalid connection string format: {exc.message(MASK)}") from None
     if url.scheme not in SCHEMES:
         raise fail(f"connection string must use one of [{' '.join(SCHEMES)}] schemes, got: {url.scheme}")
-    hostname, port = _split_host_port(url.host)
+    hostname, port = url.hostname_port()
     if not url.host or not hostname:
         raise fail("connection string must include host")
     if not url.user:
@@ -115,132 +106,6 @@ def _validate(raw: str) -> _URL:
     if port == "0":
         raise fail("invalid port: 0")
     return url
-
-
-_USERINFO_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:~!$&'()*+,;=%@")
-_HOST_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~!$&'()*+,;=:[]<>\"")
-_HEX = frozenset("0123456789abcdefABCDEF")
-
-
-def _go_url_parse(raw: str) -> _URL:
-    """net/url.Parse for what a connection string needs; ValueError with Go's text (password hidden)."""
-    before_fragment, has_fragment, fragment = raw.partition("#")
-    rest = before_fragment
-
-    def error(reason: str, whole: bool = False) -> ValueError:
-        return ValueError(f"parse {go_quote(_redact(raw if whole else before_fragment))}: {reason}")
-    url = _URL()
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rest):
-        raise error("net/url: invalid control character in URL")
-    for i, c in enumerate(rest):
-        if c.isascii() and c.isalpha():
-            continue
-        if c.isascii() and c.isdigit() or c in "+-.":
-            if i == 0:
-                break
-            continue
-        if c == ":":
-            if i == 0:
-                raise error("missing protocol scheme")
-            url.scheme, rest = rest[:i].lower(), rest[i + 1:]
-        break
-    if rest.endswith("?") and rest.count("?") == 1:
-        rest = rest[:-1]
-    else:
-        rest, _, url.query = rest.partition("?")
-    if not rest.startswith("/"):
-        if url.scheme:
-            return url  # opaque: no host, no path
-        if ":" in rest.partition("/")[0]:
-            raise error("first path segment in URL cannot contain colon")
-    if rest.startswith("//") and (url.scheme or not rest.startswith("///")):
-        authority, slash, tail = rest[2:].partition("/")
-        rest = slash + tail
-        userinfo, at, hostport = authority.rpartition("@")
-        try:
-            url.host = _unescape(_check_host(hostport), host=True)
-            if at:
-                if not _USERINFO_OK.issuperset(userinfo):
-                    raise ValueError("net/url: invalid userinfo")
-                name, colon, password = userinfo.partition(":")
-                url.user = _unescape(name)
-                url.password = _unescape(password) if colon else None
-        except ValueError as exc:
-            raise error(str(exc)) from None
-    try:
-        url.path = _unescape(rest)
-    except ValueError as exc:
-        raise error(str(exc)) from None
-    try:
-        _unescape(fragment)
-    except ValueError as exc:  # Go quotes the whole string here, fragment included
-        raise error(str(exc), whole=True) from None
-    return url
-
-
-def _check_host(hostport: str) -> str:
-    if hostport.startswith("["):
-        end = hostport.rfind("]")
-        if end < 0:
-            raise ValueError("missing ']' in host")
-        if not _valid_optional_port(hostport[end + 1:]):
-            raise ValueError(f"invalid port {go_quote(hostport[end + 1:])} after host")
-    elif ":" in hostport:
-        colon_port = hostport[hostport.rfind(":"):]
-        if not _valid_optional_port(colon_port):
-            raise ValueError(f"invalid port {go_quote(colon_port)} after host")
-    return hostport
-
-
-def _valid_optional_port(text: str) -> bool:
-    return text == "" or text[0] == ":" and all("0" <= c <= "9" for c in text[1:])
-
-
-def _unescape(text: str, host: bool = False, plus: bool = False) -> str:
-    """Go's url unescape: %XX escapes (UTF-8), `+` as space in query components; host characters."""
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "%":
-            if i + 2 >= len(text) or text[i + 1] not in _HEX or text[i + 2] not in _HEX:
-                raise ValueError(f"invalid URL escape {go_quote(text[i:i + 3])}")
-            if host and int(text[i + 1], 16) < 8 and text[i:i + 3] != "%25":
-                raise ValueError(f"invalid URL escape {go_quote(text[i:i + 3])}")
-            out.append(int(text[i + 1:i + 3], 16))
-            i += 3
-            continue
-        if host and c.isascii() and c not in _HOST_OK:
-            raise ValueError(f"invalid character {go_quote(c)} in host name")
-        out += b" " if plus and c == "+" else c.encode("utf-8", "surrogatepass")
-        i += 1
-    return out.decode("utf-8", "replace")
-
-
-def _split_host_port(hostport: str) -> tuple[str, str]:
-    """url.URL's Hostname() and Port()."""
-    host, port = hostport, ""
-    colon = hostport.rfind(":")
-    if colon >= 0 and _valid_optional_port(hostport[colon:]):
-        host, port = hostport[:colon], hostport[colon + 1:]
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
-
-
-def _query_values(query: str) -> dict[str, str]:
-    """url.ParseQuery's first value per key (pairs with `;` or a bad escape are skipped, as Go does)."""
-    values: dict[str, str] = {}
-    for pair in query.split("&"):
-        if not pair or ";" in pair:
-            continue
-        key, _, value = pair.partition("=")
-        try:
-            key, value = _unescape(key, plus=True), _unescape(value, plus=True)
-        except ValueError:
-            continue
-        values.setdefault(key, value)
-    return values
 
 
 @dataclass(slots=True)
@@ -253,10 +118,10 @@ class _Target:
     params: dict[str, str] = field(default_factory=dict)  # the URL's query parameters
 
 
-def _target(url: _URL) -> _Target:
+def _target(url: gourl.URL) -> _Target:
     """Where and as whom to connect: the URL's parts, overridden by query parameters of the same name."""
-    hostname, port = _split_host_port(url.host)
-    params = _query_values(url.query)
+    hostname, port = url.hostname_port()
+    params = gourl.query_values(url.query)
     host = params.get("host") or hostname
     port = params.get("port") or port or "5432"
     if not port.isdigit():
@@ -280,8 +145,8 @@ def _secrets(raw: str) -> list[str]:
             found.add(value)
     for value in list(found):
         try:
-            found.add(_unescape(value, plus=True))
-            found.add(_unescape(value))
+            found.add(gourl.unescape(value, plus=True))
+            found.add(gourl.unescape(value))
         except ValueError:
             pass
     return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
@@ -289,18 +154,8 @@ def _secrets(raw: str) -> list[str]:
 
 def _mask(text: str, secrets: list[str]) -> str:
     for secret in secrets:
-        text = text.replace(secret, "***")
+        text = text.replace(secret, MASK)
     return text
-
-
-def _redact(raw: str) -> str:
-    """The URL with its userinfo password shown as ***."""
-    scheme, sep, rest = raw.partition("//")
-    authority, slash, tail = rest.partition("/")
-    userinfo, at, hostport = authority.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return raw
-    return f"{scheme}//{userinfo.partition(':')[0]}:***@{hostport}{slash}{tail}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,7 +231,7 @@ def _stamp(path: str) -> tuple:
 
 def _new_context(check_host: bool, root: str, params: dict[str, str]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.sslobject_class = _ChainKeepingSSLObject
+    ctx.sslobject_class = _tls.CapturingSSLObject  # keeps the chain of a failed verification, for Go's x509 texts
     ctx.check_hostname = check_host
     ctx.verify_mode = ssl.CERT_REQUIRED if root else ssl.CERT_NONE
     if root == "system":
@@ -396,16 +251,6 @@ def _file_error_text(exc: OSError) -> str:
         return f"could not load TLS files: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
     return f'could not read file "{exc.filename}": {os_error_text(exc)}'  # exists() passed, then open failed
 
-
-class _ChainKeepingSSLObject(ssl.SSLObject):
-    """Keeps the peer chain on a failed verification, for Go's x509 texts (`certificate is valid for ...`)."""
-
-    def do_handshake(self) -> None:
-        try:
-            super().do_handshake()
-        except ssl.SSLCertVerificationError as exc:
-            exc.peer_chain = _tls.chain_der(self, verified=False)  # type: ignore[attr-defined]
-            raise
 
 
 # --------------------------------------------------------------------------------------------------

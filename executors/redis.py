@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from executors import DOWN, UP, Monitor, Result, instant
-from executors._kit import dial as _dial, limits as _limits, timing as _timing, tls as _tls
+from executors._kit import dial as _dial, gourl, limits as _limits, timing as _timing, tls as _tls
 from executors._kit.gojson import decode_config
-from executors._kit.gotext import join_host_port, os_error_text
+from executors._kit.gotext import go_quote_bytes, join_host_port, os_error_text
 
 SCHEMA = {"databaseConnectionString": str, "ignoreTls": bool, "caCert": str, "clientCert": str,
           "clientKey": str}  # Go's RedisConfig
@@ -88,34 +88,13 @@ async def check(monitor: Monitor, proxy: dict | None, budget: float) -> Result:
 # The connection string: Peekaping's checks on Go's url.Parse result, then go-redis ParseURL
 
 _FORMAT = re.compile(r"(rediss?://)([^@]*@)?(\[[^\]]+\]|[^:/]+)(:\d{1,5})?(/[0-9]*)?", re.ASCII)
-_USERINFO_OK = frozenset("-._:~!$&'()*+,;=%@")
-_HOST_OK = frozenset("-_.~!$&'()*+,;=:[]<>\"")  # ASCII punctuation Go's url package accepts in a host
 _QUERY_IGNORED = {"protocol", "client_name", "max_retries", "min_retry_backoff", "max_retry_backoff",
                   "dial_timeout", "read_timeout", "write_timeout", "pool_fifo", "pool_size", "pool_timeout",
                   "min_idle_conns", "max_idle_conns", "max_active_conns", "conn_max_idle_time", "idle_timeout",
                   "conn_max_lifetime", "max_conn_age", "skip_verify"}  # go-redis options accepted, not used
 
 
-@dataclass(slots=True)
-class URL:
-    """Go's url.URL, the parts a redis URL uses."""
-    scheme: str
-    host: str  # host[:port], brackets kept
-    path: str
-    query: str
-    user: str | None = None
-    password: str | None = None  # None: no ':' in the user info
-
-    def split_host(self) -> tuple[str, str]:
-        """url.URL.Hostname() and Port()."""
-        host, port = self.host, ""
-        colon = host.rfind(":")
-        if colon != -1 and _optional_port(host[colon:]):
-            host, port = host[:colon], host[colon + 1:]
-        return (host[1:-1] if host.startswith("[") and host.endswith("]") else host), port
-
-
-def validate(text: str) -> URL:
+def validate(text: str) -> gourl.URL:
     """Peekaping's validateRedisConnectionString: ValueError with its text."""
     if text == "":
         raise ValueError("connection string is required")
@@ -123,12 +102,13 @@ def validate(text: str) -> URL:
         raise ValueError("invalid connection string format. Expected: redis://[user:password@]host[:port][/db] "
                          "or rediss://[user:password@]host[:port][/db]")
     try:
-        url = parse_url(text)
-    except ValueError as exc:
-        raise ValueError(f"invalid URL format: {exc}") from None
+        url = gourl.parse(text, errors="surrogateescape")
+    except gourl.URLError as exc:  # Go quotes the escape; a piece of a password is not shown here
+        hidden = f"invalid URL escape {go_quote_bytes(URL_MASK)}" if exc.part == "password" else None
+        raise ValueError(f"invalid URL format: {exc.message(URL_MASK, hidden)}") from None
     if url.scheme not in ("redis", "rediss"):
         raise ValueError(f"invalid protocol '{url.scheme}'. Use 'redis://' for non-TLS or 'rediss://' for TLS")
-    hostname, port = url.split_host()
+    hostname, port = url.hostname_port()
     if hostname == "":
         raise ValueError("invalid hostname: hostname is required")
     if len(_utf8(hostname)) > 253:
@@ -158,85 +138,9 @@ def validate(text: str) -> URL:
     return url
 
 
-def parse_url(text: str) -> URL:
-    """Go's url.Parse of an absolute URL with an authority; ValueError in its words, the password redacted
-    (Go's error quotes the URL whole)."""
-    rest, _, fragment = text.partition("#")
-    try:
-        url = _parse(rest)
-    except ValueError as exc:
-        raise ValueError(f"parse {_go_quote(_utf8(_redact(rest)))}: {exc}") from None
-    try:
-        _unescape(fragment, "fragment")
-    except ValueError as exc:
-        raise ValueError(f"parse {_go_quote(_utf8(_redact(text)))}: {exc}") from None
-    return url
-
-
-def _parse(text: str) -> URL:
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueError("net/url: invalid control character in URL")
-    scheme, _, rest = text.partition(":")
-    if rest.endswith("?") and rest.count("?") == 1:
-        rest, query = rest[:-1], ""
-    else:
-        rest, _, query = rest.partition("?")
-    authority, slash, path = rest[2:].partition("/")
-    at = authority.rfind("@")
-    host = authority[at + 1:]
-    if host.startswith("["):
-        if (close := host.rfind("]")) < 0:
-            raise ValueError("missing ']' in host")
-        if not _optional_port(host[close + 1:]):
-            raise ValueError(f"invalid port {_go_quote(_utf8(host[close + 1:]))} after host")
-    elif (colon := host.rfind(":")) != -1 and not _optional_port(host[colon:]):
-        raise ValueError(f"invalid port {_go_quote(_utf8(host[colon:]))} after host")
-    url = URL(scheme.lower(), _unescape(host, "host"), slash + path, query)
-    if at >= 0:
-        userinfo = authority[:at]
-        if not all(c.isascii() and c.isalnum() or c in _USERINFO_OK for c in userinfo):
-            raise ValueError("net/url: invalid userinfo")
-        name, colon_found, password = userinfo.partition(":")
-        url.user = _unescape(name, "user")
-        url.password = _unescape(password, "password") if colon_found else None
-    url.path = _unescape(url.path, "path")
-    return url
-
-
-def _unescape(text: str, mode: str) -> str:
-    """Go's url.unescape: the decoded text, or its error. An escape inside the password is not quoted."""
-    i = 0
-    while i < len(text):
-        if text[i] == "%":
-            escape = text[i:i + 3]
-            if not re.fullmatch(r"%[0-9A-Fa-f]{2}", escape) or mode == "host" and escape[1] < "8" \
-                    and escape != "%25":
-                shown = URL_MASK if mode == "password" else escape
-                raise ValueError(f"invalid URL escape {_go_quote(_utf8(shown))}")
-            i += 3
-            continue
-        if mode == "host" and text[i].isascii() and not text[i].isalnum() and text[i] not in _HOST_OK:
-            raise ValueError(f"invalid character {_go_quote(_utf8(text[i]))} in host name")
-        i += 1
-    return unquote(text, errors="surrogateescape")
-
-
-def _redact(text: str) -> str:
-    """The URL with the password of its user info replaced, as url.URL.Redacted() shows it."""
-    scheme, sep, rest = text.partition("://")
-    at = re.split(r"[/?]", rest, maxsplit=1)[0].rfind("@")
-    if not sep or at < 0 or ":" not in rest[:at]:
-        return text
-    return f"{scheme}://{rest[:at].partition(':')[0]}:{URL_MASK}{rest[at:]}"
-
-
 def _utf8(text: str) -> bytes:
     """The bytes of a Go string: URL escapes that are not UTF-8 were kept as surrogates."""
     return text.encode("utf-8", "surrogateescape")
-
-
-def _optional_port(text: str) -> bool:
-    return text == "" or text[0] == ":" and all("0" <= c <= "9" for c in text[1:])
 
 
 def _atoi(text: str) -> int | None:
@@ -274,15 +178,15 @@ class Options:
         return text.replace(self.password, TEXT_MASK) if len(self.password) >= 3 else text
 
 
-def client_options(url: URL) -> Options:
+def client_options(url: gourl.URL) -> Options:
     """go-redis ParseURL; ValueError in its words."""
-    host, port = url.split_host()  # go-redis keeps the brackets of an IPv6 host without a port (then fails)
+    host, port = url.hostname_port()  # go-redis keeps the brackets of an IPv6 host without a port (then fails)
     options = Options(host or "localhost", int(port or 6379), url.user or "", url.password or "")
     segments = [s for s in url.path.split("/") if s]
     if len(segments) > 1:
         raise ValueError(f"redis: invalid URL path: {url.path}")
     if segments and (db := _atoi(segments[0])) is None:
-        raise ValueError(f"redis: invalid database number: {_go_quote(_utf8(segments[0]))}")
+        raise ValueError(f"redis: invalid database number: {go_quote_bytes(segments[0])}")
     options.db = db if segments else 0
     values: dict[str, str] = {}  # url.Values, the last value of each key (what go-redis reads)
     for pair in url.query.split("&"):
@@ -294,32 +198,12 @@ def client_options(url: URL) -> Options:
         except UnicodeDecodeError:
             pass
     if (value := values.pop("db", "")) and (db := _atoi(value)) is None:
-        raise ValueError(f"redis: invalid database number: strconv.Atoi: parsing {_go_quote(_utf8(value))}: "
+        raise ValueError(f"redis: invalid database number: strconv.Atoi: parsing {go_quote_bytes(value)}: "
                          "invalid syntax")
     options.db = db if value else options.db
     if unknown := sorted(set(values) - _QUERY_IGNORED):
         raise ValueError(f"redis: unexpected option: {', '.join(unknown)}")
     return options
-
-
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-            "\t": "\\t", "\v": "\\v"}
-
-
-def _go_quote(raw: bytes, limit: int | None = None) -> str:
-    """Go's %q (%.<limit>q) of a byte string: invalid UTF-8 as \\xNN, non-printable characters escaped."""
-    out = []
-    for ch in raw.decode("utf-8", "surrogateescape")[:limit]:
-        o = ord(ch)
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif 0xDC80 <= o <= 0xDCFF or o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o & 0xFF:02x}")
-        elif o > 0x7F and not ch.isprintable():
-            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,11 +213,12 @@ _contexts = _limits.BoundedCache(max_bytes=16 << 20, max_entries=64, max_item=4 
 
 
 def _tls_context(cfg: dict) -> ssl.SSLContext:
-    """ValueError in Peekaping's words for a bad CA or client pair; contexts are cached by content (one
-    costs ~30 ms of CPU to build)."""
+    """ValueError in Peekaping's words for a bad CA or client pair; the checks and the context are cached
+    by content (a context costs ~30 ms of CPU to build)."""
     verify = not cfg["ignoreTls"]
     ca, cert, key = ((cfg[name] or None) if verify else None for name in ("caCert", "clientCert", "clientKey"))
-    cache_key = (verify, _tls._digest(ca), _tls._digest(cert, key), _tls._system_paths_key() if ca is None else None)
+    settings = _tls.TLSSettings(verify, ca, cert, key)
+    cache_key = _tls.settings_key(settings)
     ctx = _contexts.get(cache_key)
     if ctx is not None:
         return ctx
@@ -346,18 +231,7 @@ def _tls_context(cfg: dict) -> ssl.SSLContext:
             _tls.check_client_pair(cert, key)
         except ValueError as exc:
             raise ValueError(f"failed to load client certificate: failed to load client certificate: {exc}") from None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    elif ca is not None:
-        ctx.load_verify_locations(cadata=_tls._valid_ca_pem(ca))
-    else:
-        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    if cert is not None and key is not None:
-        _tls._load_client_pair(ctx, cert, key)
-    ctx.sslobject_class = _tls._CapturingSSLObject  # lets a name mismatch list the certificate's names
+    ctx = _tls.client_context(settings, alpn=None)  # its SSLObject lets a name mismatch list the cert's names
     _contexts.put(cache_key, ctx, 2 * sum(len(p) for p in (ca, cert, key) if p) + (64 << 10))
     return ctx
 
@@ -383,19 +257,6 @@ class _Phases:
 
     def __init__(self) -> None:
         self.dns = self.connect = self.tls = self.auth = self.ping = 0.0
-
-
-class _Dialer(_dial.Dialer):
-    """The kit's dialer (Go's dial and TLS texts, timestamped reads), direct connections only."""
-
-    def __init__(self, context: ssl.SSLContext | None, phases: _Phases) -> None:
-        self.proxy, self.timings, self.failed_tls, self._open = None, phases, None, []  # type: ignore[assignment]
-        self._context = context
-
-    @property
-    def ctx(self) -> ssl.SSLContext:
-        assert self._context is not None
-        return self._context
 
 
 @dataclass(slots=True)
@@ -434,11 +295,11 @@ class _Probe:
         self.items = 0
         auth = ["AUTH", options.user or "default", options.password] if options.password else []
         first = _pack("HELLO", 3, *auth)
-        dialer = _Dialer(context, self.phases)
+        dialer = _dial.DirectDialer(self.phases, context)  # Go's dial and TLS texts, timestamped reads
         self.dialling = True
         try:  # on a plain connection HELLO leaves the moment the handshake completes
-            self.conn = conn = await dialer._dial(options.host, options.port, (), context is None,
-                                                  first if context is None else b"")
+            self.conn = conn = await dialer.dial(options.host, options.port, (), context is None,
+                                                 first if context is None else b"")
         except _dial.GoError as exc:
             raise _Failure(str(exc), retry=True, timeout=str(exc).endswith("connection timed out")) from None
         except OSError as exc:  # no socket to be had (EMFILE, ...)
@@ -447,7 +308,7 @@ class _Probe:
         self.dialling, self.address = False, conn.addresses()
         if context is not None:
             try:
-                await dialer._handshake(conn, options.host, target=False)
+                await dialer.handshake(conn, options.host, target=False)
             except _dial.GoError as exc:  # go-redis retries EOF and resets, not certificate errors
                 raise _Failure(str(exc), retry=str(exc) == "EOF" or str(exc).startswith("read tcp")) from None
         started = conn.early_ns if conn.early else _timing.now_ns()
@@ -521,7 +382,7 @@ class _Probe:
         except OSError as exc:
             raise self._io_failure(exc, "read") from None
         if len(line) <= 2 or line[-2:] != b"\r\n":
-            raise _Failure(f"redis: invalid reply: {_go_quote(line)}")
+            raise _Failure(f"redis: invalid reply: {go_quote_bytes(line)}")
         self.items += 1
         if self.items > MAX_ITEMS:
             raise _Failure(f"redis: replies of more than {MAX_ITEMS} elements")
@@ -546,9 +407,9 @@ class _Probe:
         """go-redis replyLen."""
         number = _atoi(line[1:].decode("ascii", "replace"))
         if number is None:
-            raise _Failure(f"strconv.Atoi: parsing {_go_quote(line[1:])}: invalid syntax")
+            raise _Failure(f"strconv.Atoi: parsing {go_quote_bytes(line[1:])}: invalid syntax")
         if number < -1:
-            raise _Failure(f"redis: invalid reply: {_go_quote(line)}")
+            raise _Failure(f"redis: invalid reply: {go_quote_bytes(line)}")
         if number == -1 and line[:1] in b"$=!*~>%|":
             raise _ErrorReply(NIL)
         return number
@@ -572,13 +433,13 @@ class _Probe:
         if kind == b"(" and re.fullmatch(rb"[+-]?[0-9]+", rest):
             return str(int(rest))
         if kind in (b"#", b"("):
-            raise _Failure(f"redis: can't parse {'bool' if kind == b'#' else 'bigInt'} reply: {_go_quote(line)}")
+            raise _Failure(f"redis: can't parse {'bool' if kind == b'#' else 'bigInt'} reply: {go_quote_bytes(line)}")
         if kind == b"=":
             text = await self._bulk(line)
             if len(text) < 4 or text[3] != ":":
-                raise _Failure(f"redis: can't parse verbatim string reply: {_go_quote(line)}")
+                raise _Failure(f"redis: can't parse verbatim string reply: {go_quote_bytes(line)}")
             return text[4:]
-        raise _Failure(f"redis: can't parse reply={_go_quote(line, 100)} reading string")
+        raise _Failure(f"redis: can't parse reply={go_quote_bytes(line, 100)} reading string")
 
     async def _hello_reply(self) -> None:
         """HELLO's reply read as go-redis's MapStringInterfaceCmd reads it, the values discarded."""
@@ -591,7 +452,7 @@ class _Probe:
                 raise _Failure(f"redis: the length of the array must be a multiple of 2, got: {count}")
             pairs = count // 2
         else:
-            raise _Failure(f"redis: can't parse map reply: {_go_quote(line, 100)}")
+            raise _Failure(f"redis: can't parse map reply: {go_quote_bytes(line, 100)}")
         for _ in range(pairs):
             await self._string()
             await self._value(1)
@@ -613,7 +474,7 @@ class _Probe:
             for _ in range(self._length(line) * (2 if kind in (b"%", b"|") else 1)):
                 await self._value(depth + 1)
         elif kind not in (b"+", b":", b",", b"#", b"("):
-            raise _Failure(f"redis: can't parse {_go_quote(line, 100)}")
+            raise _Failure(f"redis: can't parse {go_quote_bytes(line, 100)}")
 
 
 def _pack(*args: object) -> bytes:

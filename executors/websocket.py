@@ -34,8 +34,8 @@ from websockets.uri import WebSocketURI
 from executors import DOWN, UP, VERSION, Monitor, Result, instant
 from executors._kit import limits as _limits, tls as _tls
 from executors._kit.dial import READ_CHUNK, Conn, TLSState
-from executors._kit.gojson import decode_config
-from executors._kit.gotext import join_host_port
+from executors._kit.gojson import decode_config, string_map
+from executors._kit.gotext import canonical_key, join_host_port
 from executors._kit.http1 import (GoError, Proxy, Session, Timings, URL, check_target, go_quote, parse_url,
                                   proxy_from_task, redact)
 
@@ -119,10 +119,7 @@ def _plan(config: str) -> _Plan | str:
     header = {"User-Agent": USER_AGENT}
     offered_in_headers = ""
     if cfg["headers"]:
-        # the http executor's rules for `headers`; imported here, as only configs with headers need them
-        from executors.http import _string_map as string_map, canonical_key
-
-        try:
+        try:  # the http executor's rules for `headers`
             custom = string_map(cfg["headers"])
         except ValueError as exc:
             return f"invalid headers json: {exc}"
@@ -185,9 +182,9 @@ class _Session(Session):
         proxy = self.proxy
         if proxy is not None and proxy.kind in ("http", "https") and url.scheme == "http":
             try:
-                conn = self._track(await self._dial(proxy.host, proxy.port, key, proxy.kind == "http"))
+                conn = self._track(await self.dial(proxy.host, proxy.port, key, proxy.kind == "http"))
                 if proxy.kind == "https":
-                    await self._handshake(conn, proxy.host, target=False)
+                    await self.handshake(conn, proxy.host, target=False)
             except GoError as exc:
                 raise GoError(f"proxyconnect tcp: {exc}") from None
             await self._connect_tunnel(conn, url)
@@ -196,14 +193,14 @@ class _Session(Session):
         self.phase = "upgrade"
         return conn
 
-    async def _dial(self, host: str, port: int, key: tuple, plain: bool, early: bytes = b"") -> Conn:
+    async def dial(self, host: str, port: int, key: tuple, plain: bool, early: bytes = b"") -> Conn:
         self.phase, self.dialing = "connect", join_host_port(host, port)
         self.via_proxy = self.proxy is not None and (host, port) == (self.proxy.host, self.proxy.port)
-        return await super()._dial(host, port, key, plain, early)
+        return await super().dial(host, port, key, plain, early)
 
-    async def _handshake(self, conn: Conn, host: str, target: bool) -> None:
+    async def handshake(self, conn: Conn, host: str, target: bool) -> None:
         self.phase = "tls"
-        await super()._handshake(conn, host, target)
+        await super().handshake(conn, host, target)
         self.phase = "proxy" if not target else "upgrade"
 
     async def _connect_tunnel(self, conn: Conn, url: URL) -> None:

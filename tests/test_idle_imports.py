@@ -57,6 +57,8 @@ IDLE_FORBIDDEN = [
     "executors.ping", "executors.dns", "executors.snmp", "executors.websocket", "executors.docker",
     "executors.grpc_keyword", "executors._kit.icmp", "executors._kit.snmp_values", "dns", "websockets",
     "executors.postgres", "executors.mysql", "executors.mongodb", "executors.sqlserver", "executors.redis",
+    "executors._kit.gourl", "executors._kit.tds", "executors._kit.mysql_dsn", "executors._kit.ed25519",
+    "executors._kit.grpc_target",
     "asyncpg", "aiomysql", "pymysql", "pytds", "pymongo", "bson", "grpclib", "h2",
 ]
 # Still not loaded after a tcp check: the http family and its TLS/crypto stack.

@@ -19,10 +19,11 @@ import warnings
 import pytest
 
 import asynq_protocol as aq
-import executors.mysql as mysql_executor
 import healthcheck
 import worker
 from executors import DOWN, UP, Monitor
+from executors._kit import ed25519
+from executors._kit.gotext import go_parse_duration
 from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
 from mysql_peers import (ED_PASSWORD, PASSWORD, PrivateMariaDB, SharedUser, missing_private_reason,
                          missing_shared_reason, shared_row_count)
@@ -193,7 +194,7 @@ async def test_dsn_options_are_checked_as_go_checks_them(params, message):
 @pytest.mark.parametrize("text, ns", [("0", 0), ("1.5s", 1_500_000_000), ("1h2m3s", 3_723_000_000_000),
                                       ("-300ms", -300_000_000), ("2µs", 2_000), (".5m", 30_000_000_000), ("+7ns", 7)])
 def test_durations_read_as_go_reads_them(text, ns):
-    assert mysql_executor.go_parse_duration(text) == ns
+    assert go_parse_duration(text) == ns
 
 
 def test_ed25519_signature_is_the_standard_one_for_32_byte_secrets():
@@ -201,7 +202,7 @@ def test_ed25519_signature_is_the_standard_one_for_32_byte_secrets():
 
     for seed in (bytes(32), bytes(range(32)), b"\xff" * 32):
         message = b"32-byte-scramble-from-the-server"
-        assert mysql_executor._ed25519_sign(seed, message) == Ed25519PrivateKey.from_private_bytes(seed).sign(message)
+        assert ed25519.sign(seed, message) == Ed25519PrivateKey.from_private_bytes(seed).sign(message)
 
 
 async def test_unknown_dsn_options_are_not_sent_to_the_server(shared):

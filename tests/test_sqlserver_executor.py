@@ -39,6 +39,7 @@ import asynq_protocol as aq
 import healthcheck
 import worker
 from executors import DOWN, UP, Monitor, sqlserver
+from executors._kit import tds
 from executors._kit.gojson import decode_struct
 
 PASSWORD = "Tds-Secret-7731"  # must never appear in a result or a log line
@@ -409,7 +410,7 @@ async def _async(value):
 async def test_a_thread_blocked_past_the_budget_does_not_hold_the_result(servers, monkeypatch):
     """Without the wire's own deadlines (reads block for good), the event loop still ends the check at the
     budget and shuts the connection, which unblocks the thread."""
-    monkeypatch.setattr(sqlserver._Wire, "_timeout", lambda self, op: None)
+    monkeypatch.setattr(tds.Wire, "_timeout", lambda self, op: None)
     began = time.monotonic()
     r = await run(ado(servers["plain"]), "SELECT hang", timeout=1.0)
     assert time.monotonic() - began < 1.0 + MARGIN

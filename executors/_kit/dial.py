@@ -5,6 +5,8 @@ every read carries the kernel's receive timestamp (executors/_kit/timing.py); a 
 TLS runs on an asyncio transport whose protocol stamps each `data_received`. Either way `Conn.stamps`
 says when each byte arrived, and the handshake's completion comes from `_timing.connect`. Failures
 raise `GoError` in Go's words.
+
+Other clients use it too: `DirectDialer` (dial, handshake) for redis, `Dialer.dial_unix` for docker.
 """
 
 from __future__ import annotations
@@ -144,6 +146,14 @@ class Conn:
             return f"{join_host_port(local[0], local[1])}->{join_host_port(peer[0], peer[1])}"
         except Exception:
             return "?"
+
+
+class UnixConn(Conn):
+    """A connection to a Unix socket (Dialer.dial_unix)."""
+    __slots__ = ("path",)
+
+    def addresses(self) -> str:
+        return f"@->{self.path}"  # Go's local->remote for an unnamed Unix socket
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,12 +328,12 @@ class Dialer:
         proxy = self.proxy
         plain = url.scheme == "http" and (proxy is None or proxy.kind != "https")  # no TLS on this connection
         if proxy is None:
-            conn = self._track(await self._dial(url.host, url.port, key, plain, early if plain else b""))
+            conn = self._track(await self.dial(url.host, url.port, key, plain, early if plain else b""))
         elif proxy.kind in ("http", "https"):
             try:
-                conn = self._track(await self._dial(proxy.host, proxy.port, key, plain))
+                conn = self._track(await self.dial(proxy.host, proxy.port, key, plain))
                 if proxy.kind == "https":
-                    await self._handshake(conn, proxy.host, target=False)
+                    await self.handshake(conn, proxy.host, target=False)
             except GoError as exc:
                 raise GoError(f"proxyconnect tcp: {exc}") from None
             if url.scheme == "http":
@@ -334,7 +344,7 @@ class Dialer:
         else:
             where = f"{proxy.kind if proxy.kind == 'socks4' else 'socks'} connect tcp {proxy.address}->{url.hostport}"
             try:
-                conn = self._track(await self._dial(proxy.host, proxy.port, key, plain))
+                conn = self._track(await self.dial(proxy.host, proxy.port, key, plain))
             except GoError as exc:
                 raise GoError(f"{where}: {exc}") from None
             started = _timing.now_ns()
@@ -352,15 +362,17 @@ class Dialer:
             finally:
                 self.timings.connect += (conn.stamps.through(conn.consumed()) - started) / 1e9
         if url.scheme == "https":
-            await self._handshake(conn, url.host, target=True)
+            await self.handshake(conn, url.host, target=True)
         return conn
 
     def _track(self, conn: Conn) -> Conn:
         self._open.append(conn)
         return conn
 
-    async def _dial(self, host: str, port: int, key: tuple, plain: bool, early: bytes = b"") -> Conn:
-        """Resolve, then try each address in turn; errors in Go's dial words."""
+    async def dial(self, host: str, port: int, key: tuple, plain: bool, early: bytes = b"") -> Conn:
+        """A TCP connection to host:port: resolve, then try each address in turn; GoError in Go's dial
+        words. `plain`: no TLS will run on it (read with recvmsg, kernel receive stamps); `early` is
+        sent the moment it connects (`conn.early` says how much went)."""
         if not 0 < port < 65536:
             raise GoError(f"dial tcp: address {port}: invalid port")
         loop = asyncio.get_running_loop()
@@ -405,7 +417,9 @@ class Dialer:
             return conn
         raise first or GoError(f"dial tcp: lookup {host}: no such host")
 
-    async def _handshake(self, conn: Conn, host: str, target: bool) -> None:
+    async def handshake(self, conn: Conn, host: str, target: bool) -> None:
+        """TLS over `conn` with `self.ctx`; GoError in Go's words. `target`: the check's server (its chain
+        is kept for tls_info), not a proxy."""
         started = _timing.now_ns()
         try:
             await conn.writer.start_tls(self.ctx, server_hostname=host or None)
@@ -429,6 +443,27 @@ class Dialer:
             verified = self.tls_settings.verify
             conn.tls = TLSState(host, self.tls_settings, _tls.chain_der(ssl_object, verified) if ssl_object else [],
                                 verified)
+
+    async def dial_unix(self, path: str, key: tuple) -> Conn:
+        """A connection to the Unix socket at `path` (a leading @ names an abstract socket, as in Go),
+        read like a plain TCP connection; GoError in Go's dial words."""
+        address = "\0" + path[1:] if path.startswith("@") else path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        started = _timing.now_ns()
+        try:
+            error = sock.connect_ex(address)  # a Unix connect completes or fails at once
+        except (OSError, ValueError) as exc:
+            error = exc.errno if isinstance(exc, OSError) and exc.errno else 22
+        self.timings.connect += (_timing.now_ns() - started) / 1e9
+        if error:
+            sock.close()
+            raise GoError(f"dial unix {path}: connect: {os_error_text(OSError(error, ''))}")
+        loop = asyncio.get_running_loop()
+        stamps = _timing.Stamps()
+        reader = asyncio.StreamReader(limit=LINE_LIMIT, loop=loop)
+        conn = UnixConn(reader, _SocketStream(loop, sock, reader, stamps, path), key, stamps)
+        conn.path = path
+        return conn
 
 
     async def _socks5(self, conn: Conn, url: URL) -> None:
@@ -501,6 +536,22 @@ class Dialer:
         if reply[1] != 0x5A:
             raise GoError(_SOCKS4_REPLIES.get(reply[1], f"unknown code: {reply[1]}"))
 
+
+class DirectDialer(Dialer):
+    """The dialer for a client of another protocol: direct connections (no proxy) with Go's dial and TLS
+    texts and timestamped reads; `timings` (attributes dns, connect, tls, in seconds) is added to,
+    `context` is what `handshake` uses."""
+
+    def __init__(self, timings: object, context: ssl.SSLContext | None = None) -> None:
+        self.proxy, self.timings, self.failed_tls, self._open = None, timings, None, []  # type: ignore[assignment]
+        self.tls_settings = _tls.TLSSettings()
+        self._context = context
+
+    @property
+    def ctx(self) -> ssl.SSLContext:
+        if self._context is None:
+            raise RuntimeError("DirectDialer without a TLS context")
+        return self._context
 
 
 async def _transport(loop: asyncio.AbstractEventLoop, sock: socket.socket, key: tuple) -> Conn:

@@ -172,6 +172,32 @@ def go_json_error(text: str, exc: ValueError) -> str:
     return msg
 
 
+def string_map(text: str) -> dict[str, str]:
+    """json.Unmarshal into map[string]string (a monitor's `headers`); ValueError with Go's text."""
+    try:
+        value = _clean_value(json.loads(text, parse_constant=reject_json_constant))
+    except RecursionError:
+        raise ValueError("exceeded max depth") from None
+    except json.JSONDecodeError as exc:
+        if exc.doc in ("NaN", "Infinity", "-Infinity"):  # Python accepts these words, Go does not
+            start = text.find(exc.doc)
+            raise ValueError(f"invalid character {go_char(text[start])} looking for beginning of value") from None
+        raise ValueError(go_json_error(text, exc)) from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"json: cannot unmarshal {_json_kind(value)} into Go value of type map[string]string")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if item is None:
+            out[key] = ""
+        elif isinstance(item, str):
+            out[key] = item
+        else:
+            raise ValueError(f"json: cannot unmarshal {_json_kind(item)} into Go value of type string")
+    return out
+
+
 _DECODER = json.JSONDecoder(parse_constant=reject_json_constant, parse_float=GoNumber, parse_int=_parse_int)
 
 

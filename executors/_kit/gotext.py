@@ -1,4 +1,5 @@
-"""Go's wording where the executors report addresses, OS errors, lookups and times."""
+"""Go's wording where the executors report addresses, OS errors, lookups, times, quoted strings and
+header names."""
 
 from __future__ import annotations
 
@@ -103,3 +104,79 @@ def _fraction(value: int, digits: int) -> str:
     whole, part = divmod(value, 10 ** digits)
     tail = f"{part:0{digits}d}".rstrip("0")
     return f"{whole}.{tail}" if tail else str(whole)
+
+
+_DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+                   "m": 60_000_000_000, "h": 3_600_000_000_000}
+_DURATION_NUMBER = re.compile(r"([0-9]*)(\.([0-9]*))?")
+_DURATION_UNIT = re.compile(r"[^.0-9]*")
+
+
+def go_parse_duration(text: str) -> int:
+    """Go's time.ParseDuration, in nanoseconds; ValueError with Go's text."""
+    invalid = ValueError(f"time: invalid duration {go_quote_bytes(text)}")
+    rest = text[1:] if text[:1] in ("-", "+") else text
+    if rest == "0":
+        return 0
+    if not rest:
+        raise invalid
+    total = 0
+    while rest:
+        if not (rest[0] == "." or "0" <= rest[0] <= "9"):
+            raise invalid
+        number = _DURATION_NUMBER.match(rest)
+        whole, fraction = number.group(1), number.group(3) or ""
+        if not whole and not fraction:
+            raise invalid
+        rest = rest[number.end():]
+        unit = _DURATION_UNIT.match(rest).group()
+        if not unit:
+            raise ValueError(f"time: missing unit in duration {go_quote_bytes(text)}")
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f"time: unknown unit {go_quote_bytes(unit)} in duration {go_quote_bytes(text)}")
+        rest = rest[len(unit):]
+        scale = _DURATION_UNITS[unit]
+        total += int(whole or 0) * scale + int(fraction or 0) * scale // 10 ** len(fraction)
+        if total > 1 << 63:
+            raise invalid
+    return -total if text[:1] == "-" else total
+
+
+# --------------------------------------------------------------------------------------------------
+# strconv.Quote / fmt's %q, and textproto's header names
+
+_QUOTE_ESCAPES = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n",
+                  "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def go_quote_bytes(raw: bytes | str, limit: int | None = None) -> str:
+    """Go's %q (%.<limit>q: the first `limit` characters) of a Go string, i.e. of bytes: invalid UTF-8
+    as \\xNN, non-printable characters escaped. A str stands for its UTF-8 bytes, with surrogateescape
+    code points (U+DC80-U+DCFF) for the bytes that were not UTF-8."""
+    text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+    out = []
+    for ch in text[:limit]:
+        o = ord(ch)
+        if ch in _QUOTE_ESCAPES:
+            out.append(_QUOTE_ESCAPES[ch])
+        elif 0xDC80 <= o <= 0xDCFF or o < 0x20 or o == 0x7F:
+            out.append(f"\\x{o & 0xFF:02x}")
+        elif o > 0x7F and not ch.isprintable():
+            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def canonical_key(name: str) -> str:
+    """textproto.CanonicalMIMEHeaderKey: `x-custom-header` -> `X-Custom-Header`; invalid names unchanged."""
+    if not _TOKEN.match(name):
+        return name
+    out, upper = [], True
+    for ch in name:
+        out.append(ch.upper() if upper else ch.lower())
+        upper = ch == "-"
+    return "".join(out)

@@ -45,8 +45,9 @@ class TLSSettings:
 # --------------------------------------------------------------------------------------------------
 # Contexts
 
-class _CapturingSSLObject(ssl.SSLObject):
-    """Keeps the peer chain on a verification failure: Go reports nothing then, we report the cert."""
+class CapturingSSLObject(ssl.SSLObject):
+    """Keeps the peer chain on a verification failure (as `exc.peer_chain`): Go reports nothing then,
+    we report the cert. Every context built here uses it (SSLContext.sslobject_class)."""
 
     def do_handshake(self) -> None:
         try:
@@ -54,6 +55,9 @@ class _CapturingSSLObject(ssl.SSLObject):
         except ssl.SSLCertVerificationError as exc:
             exc.peer_chain = chain_der(self, verified=False)  # type: ignore[attr-defined]
             raise
+
+
+_CapturingSSLObject = CapturingSSLObject  # the former name, for code not yet on the public one
 
 
 def chain_der(ssl_object: Any, verified: bool) -> list[bytes]:
@@ -91,16 +95,24 @@ def _digest(*parts: str | None) -> str | None:
     return h.hexdigest()
 
 
-def client_context(settings: TLSSettings) -> ssl.SSLContext:
-    """A client context for these settings, built once (building one costs ~30 ms of CPU)."""
-    key = (settings.verify, _digest(settings.ca_pem), _digest(settings.cert_pem, settings.key_pem),
-           _system_paths_key() if settings.ca_pem is None else None)
+def settings_key(settings: TLSSettings) -> tuple:
+    """A short cache key for these settings: digests of the PEM texts (a config may carry megabytes of
+    them), and the system roots in use when there is no CA."""
+    return (settings.verify, _digest(settings.ca_pem), _digest(settings.cert_pem, settings.key_pem),
+            _system_paths_key() if settings.ca_pem is None else None)
+
+
+def client_context(settings: TLSSettings, alpn: tuple[str, ...] | None = ("http/1.1",)) -> ssl.SSLContext:
+    """A client context for these settings (TLS 1.2+, as Go's client), offering the `alpn` protocols
+    (None: no ALPN), built once (building one costs ~30 ms of CPU)."""
+    key = settings_key(settings) + (alpn,)
     ctx = _contexts.get(key)
     if ctx is not None:
         return ctx
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # Go's client default
-    ctx.set_alpn_protocols(["http/1.1"])
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     if settings.ca_pem is not None:
         ctx.load_verify_locations(cadata=_valid_ca_pem(settings.ca_pem))
     else:
@@ -110,7 +122,7 @@ def client_context(settings: TLSSettings) -> ssl.SSLContext:
     if not settings.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    ctx.sslobject_class = _CapturingSSLObject
+    ctx.sslobject_class = CapturingSSLObject
     pem_bytes = sum(len(p) for p in (settings.ca_pem, settings.cert_pem, settings.key_pem) if p)
     _contexts.put(key, ctx, 2 * pem_bytes + (64 << 10))
     return ctx
