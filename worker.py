@@ -47,7 +47,7 @@ EXECUTORS: dict[str, str | None] = {
     "websocket": "executors.websocket",
     "postgres": "executors.postgres", "mysql": "executors.mysql", "sqlserver": "executors.sqlserver",
     "redis": "executors.redis", "mongodb": "executors.mongodb",
-    "rabbitmq": "executors.rabbitmq", "mqtt": None, "kafka-producer": None,
+    "rabbitmq": "executors.rabbitmq", "kafka-producer": "executors.kafka_producer", "mqtt": None,
 }
 
 log = logging.getLogger("peekaping.worker")

@@ -134,6 +134,13 @@ def test_every_example_command_gives_its_documented_status_against_a_local_peer(
             rabbit = HttpPeer(response("200 OK", b'{"status":"ok"}'))
             request.addfinalizer(rabbit.close)
             config["nodes"] = [rabbit.url]
+        elif monitor_type == "kafka-producer":
+            from kafka_peers import Tansu
+            broker = Tansu()
+            broker.start()
+            request.addfinalizer(broker.stop)
+            broker.create_topic("health", 1)
+            config["brokers"] = [broker.address]
         elif monitor_type == "websocket":
             from ws_peers import peers
             config["url"] = peers().url("wss", "/echo", host="localhost")
