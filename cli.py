@@ -187,7 +187,7 @@ def types_text(wanted: list[str]) -> str:
 
     modules: dict[str, list[str]] = {}
     for name, path in EXECUTORS.items():
-        if path and (not wanted or name in wanted):
+        if not wanted or name in wanted:
             modules.setdefault(path, []).append(name)
     blocks = []
     for path, names in modules.items():
@@ -203,9 +203,6 @@ def types_text(wanted: list[str]) -> str:
             config, status, when = docs["EXAMPLES"][name]
             lines += [f"  example, gives {status} {when}:", f"    {example_command(name, config)}"]
         blocks.append("\n".join(lines))
-    coming = sorted(name for name, path in EXECUTORS.items() if not path and (not wanted or name in wanted))
-    if coming:
-        blocks.append(f"not yet supported by this worker: {', '.join(coming)}")
     blocks.append("Config keys match case-insensitively and an absent key has the value shown. A key that is not "
                   "listed makes the check DOWN with `failed to parse config: json: unknown field`, as in the Go "
                   "worker (push does not read its config).")
@@ -227,11 +224,9 @@ def types_command(argv: list[str]) -> int:
 
 
 def version_text() -> str:
-    built = sorted(t for t, path in EXECUTORS.items() if path)
-    coming = sorted(t for t, path in EXECUTORS.items() if not path)
+    built = sorted(EXECUTORS)
     return (f"peekaping-worker {__version__} (Python {sys.version.split()[0]})\n"
             f"executors: {', '.join(built)}\n"
-            f"not yet supported: {', '.join(coming)}\n"
             f"ping: {_ping_strategy()}\n"
             "config fields and examples: peekaping-worker types")
 

@@ -35,9 +35,9 @@ from settings import (DEFAULT_QUEUES, ConfigurationError,  # noqa: F401,E402 (DE
 HEALTHCHECK_TASK = "monitor:healthcheck"
 INGEST_TASK = "monitor:ingest"
 
-# Every monitor type name the Go registry knows (plus the seed's aliases) -> module, or None while
-# that executor is not built yet. Modules are imported on the first task of their type.
-EXECUTORS: dict[str, str | None] = {
+# Every monitor type name the Go registry knows (plus the seed's aliases, and `websocket`) -> module.
+# Modules are imported on the first task of their type.
+EXECUTORS: dict[str, str] = {
     "tcp": "executors.tcp",
     "push": "executors.push",
     "http": "executors.http", "https": "executors.http", "http-keyword": "executors.http",
@@ -45,9 +45,9 @@ EXECUTORS: dict[str, str | None] = {
     "ping": "executors.ping", "icmp": "executors.ping", "dns": "executors.dns", "snmp": "executors.snmp",
     "docker": "executors.docker", "grpc-keyword": "executors.grpc_keyword", "grpc": "executors.grpc_keyword",
     "websocket": "executors.websocket",
-    "postgres": "executors.postgres", "mysql": "executors.mysql", "sqlserver": "executors.sqlserver",
-    "redis": "executors.redis", "mongodb": "executors.mongodb",
-    "rabbitmq": "executors.rabbitmq", "kafka-producer": "executors.kafka_producer", "mqtt": None,
+    "postgres": "executors.postgres", "mysql": "executors.mysql", "mongodb": "executors.mongodb",
+    "sqlserver": "executors.sqlserver", "redis": "executors.redis",
+    "mqtt": "executors.mqtt", "rabbitmq": "executors.rabbitmq", "kafka-producer": "executors.kafka_producer",
 }
 
 log = logging.getLogger("peekaping.worker")
@@ -638,13 +638,10 @@ _loaded: dict[str, Any] = {}
 
 
 def executor_path(monitor_type: str) -> str:
-    """The module that runs a type; TaskError when there is none (yet)."""
+    """The module that runs a type; TaskError (Go's text) when there is none."""
     if monitor_type not in EXECUTORS:
         raise TaskError(f"executor not found for monitor type: {monitor_type}")
-    path = EXECUTORS[monitor_type]
-    if path is None:
-        raise TaskError(f'monitor type "{monitor_type}" is not supported by this worker yet')
-    return path
+    return EXECUTORS[monitor_type]
 
 
 async def load_executor(monitor_type: str) -> Any:

@@ -40,8 +40,6 @@ def test_config_and_usage_errors_exit_2():
     assert bad_config.returncode == 2 and 'failed to parse config: json: unknown field "extra"' in bad_config.stderr
     unknown = check("gopher", "{}")
     assert unknown.returncode == 2 and "executor not found for monitor type: gopher" in unknown.stderr
-    unbuilt = check("kafka-producer", "{}")
-    assert unbuilt.returncode == 2 and "not supported by this worker yet" in unbuilt.stderr
     assert check("tcp").returncode == 2
     assert check("tcp", "{}", "--timeout", "0").returncode == 2
 
