@@ -108,14 +108,21 @@ async def enqueue_result(client: Any, p: dict[str, Any], result: Any, extensions
                              task_id=f"ingest:{p['monitor_id']}:{result.start_ns}")
     except Exception as exc:
         raise TaskError(f"failed to enqueue ingester task: {exc}") from None
-    log.info("Successfully enqueued result to ingester",
+    # Go logs this at info; here it is debug: one line per check floods an edge box's journal at
+    # thousands of checks/s (LOG_LEVEL=debug shows it; /metrics counts results by type and status).
+    log.debug("Successfully enqueued result to ingester",
              extra=_fields(monitor_id=p["monitor_id"], status=result.status, ping_ms=result.ping_ms))
 
 
-def healthcheck_handler(client: Any, extensions: bool = False, origin: dict | None = None) -> Handler:
+def healthcheck_handler(client: Any, extensions: bool = False, origin: dict | None = None,
+                        stats: Any = None) -> Handler:
     """The `monitor:healthcheck` handler (as Peekaping's Go worker handler); `origin` is added to results
-    with extensions."""
+    with extensions; `stats` (metrics.Stats) counts results, durations and stale tasks."""
     from executors import MAINTENANCE, Monitor, instant
+    from metrics import Stats
+
+    if stats is None:
+        stats = Stats()
 
     async def handle(task: Task) -> None:
         from executors._kit import limits as _limits  # on the first task: an idle worker does without it (and ctypes)
@@ -126,20 +133,29 @@ def healthcheck_handler(client: Any, extensions: bool = False, origin: dict | No
         except Exception as exc:  # ValueError in Go's words; anything else still names the payload
             raise TaskError(f"failed to unmarshal payload: {exc}") from None
         if time.time() - p["scheduled_at"] > p["interval"] * 1.5:
+            stats.stale_skipped += 1
             log.warning("Skipping stale health check task", extra=_fields(monitor_id=p["monitor_id"]))
             return
         monitor = Monitor(p["monitor_id"], p["monitor_name"], p["monitor_type"], p["interval"], p["timeout"],
                           p["max_retries"], p["retry_interval"], p["resend_interval"], p["config"],
                           p["last_heartbeat"])
+        ran = None
         if p["is_under_maintenance"]:
             result = instant(MAINTENANCE, "Monitor under maintenance")
         else:
             executor_path(monitor.type)  # unknown or unbuilt type: fail before any work
             budget = min(float(monitor.timeout), task.deadline - time.time() - check_margin(monitor.timeout))
+            started = time.monotonic()
             result = await run_check(monitor, p["proxy"], budget)
+            ran = time.monotonic() - started
             if result is None:
                 log.debug("Executor returned nil - no heartbeat needed", extra=_fields(monitor_id=monitor.id))
                 return
-        await enqueue_result(client, p, result, extensions, origin)
+        stats.check_done(monitor.type, result.status, ran)
+        stats.results_waiting += 1
+        try:
+            await enqueue_result(client, p, result, extensions, origin)
+        finally:
+            stats.results_waiting -= 1
 
     return handle

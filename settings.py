@@ -47,6 +47,7 @@ class Settings:
     result_extensions: bool = False
     site: str = ""  # --site: serve healthcheck-<site>; results carry it with --result-extensions
     worker_id: str = ""  # --worker-id: the `worker` field of results (host:pid when empty)
+    metrics_addr: str = ""  # --metrics-addr / METRICS_ADDR: host:port of /metrics, /ready, /live (off when empty)
 
     def redis_target(self) -> str:
         """Where Redis is, for logs: never includes the password."""
@@ -294,6 +295,14 @@ def load_settings(env: dict[str, str], args: argparse.Namespace) -> Settings:
         if not worker_id.strip() or len(worker_id) > 128 or not worker_id.isprintable():
             raise ConfigurationError("--worker-id: must be 1-128 printable characters")
         s.worker_id = worker_id
+    metrics_addr = getattr(args, "metrics_addr", None) or merged.get("METRICS_ADDR", "")
+    if metrics_addr:
+        from metrics import listen_address  # the standard library only until the endpoint starts
+        try:
+            listen_address(metrics_addr)
+        except ValueError as exc:
+            raise ConfigurationError(f"--metrics-addr: {exc}") from None
+        s.metrics_addr = metrics_addr.strip()
     return s
 
 
@@ -495,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Peekaping health-check worker speaking the Asynq protocol. "
                     "`peekaping-worker check TYPE CONFIG` runs one check locally.",
         epilog="Environment: REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB, QUEUE_CONCURRENCY, MODE, "
-               "LOG_LEVEL, TZ, SERVICE_NAME. Flags override the environment.")
+               "LOG_LEVEL, TZ, SERVICE_NAME, METRICS_ADDR. Flags override the environment.")
     parser.add_argument("--version", action="store_true", help="print version and executors, then exit")
     parser.add_argument("--concurrency", type=int, help="checks run at once (env QUEUE_CONCURRENCY, default 128)")
     parser.add_argument("--redis-url", help="redis://[user:pass@]host:port/db, rediss:// (TLS) or unix://path")
@@ -511,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--site", help="serve this site's queue, healthcheck-<site> (priority 5), instead of the "
                                            "default queues; --queues adds others. See `peekaping-worker route`")
     parser.add_argument("--worker-id", help="the `worker` field of results with --result-extensions (default host:pid)")
+    parser.add_argument("--metrics-addr", help="serve /metrics (Prometheus), /ready and /live on host:port, e.g. "
+                                               "127.0.0.1:9780 (env METRICS_ADDR; default off)")
     parser.add_argument("--acl-rule", action="store_true",
                         help="print the minimal Redis ACL SETUSER line for a worker serving --queues, then exit")
     return parser

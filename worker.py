@@ -138,6 +138,7 @@ class Server:
     def __init__(self, redis: Any, handlers: dict[str, Handler], *, queues: dict[str, int] | None = None,
                  concurrency: int = 128, strict_priority: bool = True, shutdown_timeout: float = 8.0) -> None:
         from asynq_protocol import Broker
+        from metrics import Stats
 
         filtered = {q.strip(): p for q, p in (queues or {"default": 1}).items() if q.strip() and p > 0}
         queues = filtered or {"default": 1}
@@ -160,6 +161,7 @@ class Server:
         self._dequeuing.set()
         self._watch: Any = None  # pending_watch.PendingWatch, made on the first idle wait
         self._started_at = time.time()
+        self.stats = Stats(EXECUTORS)  # plain counters; /metrics reads them when --metrics-addr is given
         self._serve(queues)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -176,6 +178,7 @@ class Server:
             return
         self._serve(served)  # only the queues whose keys the Redis user may read and write
         self._started_at = time.time()
+        self.stats.connected()
         spawn = asyncio.get_running_loop().create_task
         heartbeat = spawn(self._every(self.HEARTBEAT_INTERVAL, self._heartbeat, now=True), name="heartbeat")
         forwarder = spawn(self._every(self.FORWARD_INTERVAL, self._forward), name="forwarder")
@@ -203,7 +206,7 @@ class Server:
         except Exception as exc:  # Redis gone: the keys expire within 10 s anyway
             log.warning("could not clear server state", extra=_fields(error=str(exc)))
         await self.broker.close()
-        log.info("worker stopped")
+        log.info("worker stopped", extra=_fields(requeued=self._requeued))
 
     def _serve(self, queues: dict[str, int]) -> None:
         """The queues dequeues walk: their names in a fixed order and the strict-priority walk over them."""
@@ -278,17 +281,20 @@ class Server:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
+            sent = time.perf_counter()
             try:
                 taken = await self.broker.take(self._names, self._orders(min(free, self.FETCH_BATCH)), self)
                 backoff = 0.1
             except Exception as exc:  # Redis trouble, or a reply we did not expect: never stop processing
                 _honour_cancellation()
+                self.stats.redis_failed(exc)
                 if throttle.ready():
                     level = logging.WARNING if isinstance(exc, (RedisError, OSError)) else logging.ERROR
                     log.log(level, "dequeue failed; retrying", extra=_fields(error=str(exc)))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            self.stats.dequeue_done(len(taken.messages) + len(taken.corrupt), time.perf_counter() - sent)
             for queue, task_id in taken.not_hashes:
                 log.error("task key is not a hash; its id was taken out of the queue, the key left as it is",
                           extra=_fields(task_id=task_id, queue=queue))
@@ -369,6 +375,7 @@ class Server:
 
     async def _succeeded(self, job: _Job) -> None:
         msg = job.msg
+        self.stats.succeeded += 1
         if msg.retention > 0:
             await self._write(job, lambda: self.broker.mark_complete(msg, unlist=self._unlist(job)), "mark complete")
         else:
@@ -379,12 +386,15 @@ class Server:
 
         msg, text = job.msg, str(error)
         log.error("task failed", extra=_fields(type=msg.type, task_id=msg.id, queue=msg.queue, error=text))
+        self.stats.failed += 1
         if isinstance(error, RevokeTask):
             await self._write(job, lambda: self.broker.done(msg, unlist=self._unlist(job)), "done")
         elif msg.retried >= msg.retry or isinstance(error, SkipRetry):
+            self.stats.archived += 1
             await self._write(job, lambda: self.broker.archive(msg, text, unlist=self._unlist(job)), "archive")
         else:
             retry_at = time.time() + retry_delay_seconds(msg.retried)
+            self.stats.retried += 1
             await self._write(job, lambda: self.broker.retry(msg, text, retry_at, unlist=self._unlist(job)), "retry")
 
     async def _write(self, job: _Job, op: Callable[[], Awaitable[Any]], what: str) -> bool:
@@ -407,6 +417,7 @@ class Server:
                 log.warning(f"{what} refused by broker", extra=_fields(task_id=job.msg.id, error=str(exc)))
                 return False
             except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                self.stats.redis_failed(exc)
                 log.warning(f"{what} failed; retrying", extra=_fields(task_id=job.msg.id, error=str(exc)))
                 await asyncio.sleep(min(delay, max(0.0, job.lease_expiry - time.time())))
                 delay = min(delay * 2, 2.0)
@@ -436,7 +447,9 @@ class Server:
                 extend.setdefault(msg.queue, []).append(job)
             elif not job.interrupt.done():
                 job.interrupt.set_result("lease_lost")
+        sent = time.perf_counter()
         await self.broker.write_server_state(info, workers, ended)
+        self.stats.heartbeat_done(time.perf_counter() - sent)
         self._listed.difference_update(ended)
         self._listed.update(self.jobs)
         for job in jobs:
@@ -468,6 +481,7 @@ class Server:
                     await self.broker.archive(msg, text)
                 else:
                     await self.broker.retry(msg, text, time.time() + retry_delay_seconds(msg.retried))
+                self.stats.recovered += 1
                 log.warning("recovered task with expired lease", extra=_fields(task_id=msg.id, queue=queue))
             except Exception as exc:  # NOT FOUND: another server won the race
                 _honour_cancellation()
@@ -489,6 +503,7 @@ class Server:
             elif exc is not None:  # Redis trouble: a recoverer archives it once its lease has expired
                 log.warning("could not archive a corrupt task; the recoverer will", extra=_fields(**fields, error=str(exc)))
             else:
+                self.stats.archived += 1
                 log.error("corrupt task message archived", extra=_fields(**fields, error=corrupt.error,
                                                                          kept=f"asynq:{{{corrupt.queue}}}:archived"))
 
@@ -524,6 +539,7 @@ class Server:
                 await action()
             except Exception as exc:
                 _honour_cancellation()
+                self.stats.redis_failed(exc, sticky=False)
                 if throttle.ready():
                     log.warning(f"{action.__name__.strip('_')} failed", extra=_fields(error=str(exc)))
             _honour_cancellation()
@@ -549,6 +565,7 @@ class Server:
                 cause = refusal(exc)
                 if cause:
                     raise RedisStartupError(cause) from None
+                self.stats.redis_failed(exc)
                 if failing_since is None:
                     failing_since = time.monotonic()
                 if throttle.ready():
@@ -668,15 +685,21 @@ async def serve(settings: Settings) -> None:
     server = Server(redis, {}, queues=settings.queues, concurrency=settings.concurrency,
                     strict_priority=settings.strict_priority, shutdown_timeout=settings.shutdown_timeout)
     server.handlers[HEALTHCHECK_TASK] = healthcheck_handler(Client(server.broker), settings.result_extensions,
-                                                            result_origin(settings, server))
+                                                            result_origin(settings, server), stats=server.stats)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop)
     loop.add_signal_handler(signal.SIGTSTP, server.pause)
+    endpoint = None
+    if settings.metrics_addr:  # before Redis: /live and /ready answer while the worker connects
+        from metrics import serve_metrics
+        endpoint = await serve_metrics(server, settings.metrics_addr)
     log.info("connecting to Redis", extra=_fields(redis=settings.redis_target(), version=__version__))
     try:
         await server.run()
     finally:
+        if endpoint is not None:
+            endpoint.close()
         await redis.aclose()
 
 
@@ -700,6 +723,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "check":
         from cli import check_command
         return check_command(argv[1:])
+    if argv and argv[0] == "doctor":
+        from doctor import doctor_command
+        return doctor_command(argv[1:])
     if argv and argv[0] == "route":
         from router import route_command
         return route_command(argv[1:])

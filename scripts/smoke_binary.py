@@ -266,7 +266,7 @@ def step_bundle(binary: str) -> None:
         skip("bundle listing (not a PyInstaller binary, or pyi-archive_viewer is not installed here)")
         return
     have = set(names)
-    missing = [m for m in ["worker", "healthcheck", "asynq_protocol", "asynq_scripts", "pending_watch", "settings", "redis_checks", "cli", "router", "sites_rules"] + executor_modules_in_source() if m not in have]
+    missing = [m for m in ["worker", "healthcheck", "asynq_protocol", "asynq_scripts", "pending_watch", "settings", "redis_checks", "cli", "router", "sites_rules", "metrics", "doctor"] + executor_modules_in_source() if m not in have]
     if missing:
         raise Failure(f"modules missing from the bundle: {missing} (hidden imports in build.spec?)")
     pyinstaller = "PYZ.pyz" in have or any(n.startswith("pyimod") for n in names)

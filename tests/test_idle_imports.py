@@ -58,7 +58,7 @@ IDLE_FORBIDDEN = [
     "executors.grpc_keyword", "executors._kit.icmp", "executors._kit.snmp_values", "dns", "websockets",
     "executors.postgres", "executors.mysql", "executors.mongodb", "executors.sqlserver", "executors.redis",
     "executors._kit.gourl", "executors._kit.tds", "executors._kit.mysql_dsn", "executors._kit.ed25519",
-    "executors._kit.grpc_target",
+    "executors._kit.grpc_target", "prometheus_client",
     "asyncpg", "aiomysql", "pymysql", "pytds", "pymongo", "bson", "grpclib", "h2",
 ]
 # Still not loaded after a tcp check: the http family and its TLS/crypto stack.
