@@ -8,6 +8,7 @@ pipeline) because round trips, not Redis, bound throughput.
 Every text this module serialises is valid UTF-8: lone surrogates become U+FFFD, as Go turns invalid
 UTF-8 into U+FFFD. A task whose stored message does not decode is archived with a readable error and
 its bytes kept (see `Broker.archive_corrupt`) instead of stopping whoever read it.
+Connections and the lean pipeline are in `redis_wire` (`connect`, `side_client`, `pipeline` re-exported).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Iterable, Sequence
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
 from asynq_scripts import SCRIPTS
+from redis_wire import connect, pipeline, side_client  # noqa: F401 (connect, side_client re-exported)
 
 __all__ = [
     "TaskMessage", "ServerInfo", "WorkerInfo", "Broker", "Client", "EnqueueError", "TaskAlreadyExists",
@@ -208,8 +210,18 @@ def unique_key(queue: str, task_type: str, payload: bytes | None) -> str:
     return f"asynq:{{{queue}}}:unique:{task_type}:{digest}"
 
 
+_last_day: tuple[float, str] = (float("nan"), "")  # (unix day number, its date): every completion asks
+
+
 def _day(now: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(now))
+    global _last_day
+    number = now // 86400
+    last = _last_day
+    if last[0] == number:
+        return last[1]
+    text = time.strftime("%Y-%m-%d", time.gmtime(now))
+    _last_day = (number, text)
+    return text
 
 
 def retry_delay_seconds(retried: int) -> int:
@@ -266,12 +278,12 @@ class Broker:
 
     # --- single calls --------------------------------------------------------------------------
     async def run(self, script: str, keys: Sequence, args: Sequence) -> Any:
-        try:
-            return await self.redis.evalsha(_SHAS[script], len(keys), *keys, *args)
-        except Exception as exc:
-            if not _is_noscript(exc):
-                raise
-        return await self.redis.eval(SCRIPTS[script], len(keys), *keys, *args)
+        reply = (await pipeline(self.redis, [("EVALSHA", _SHAS[script], len(keys), *keys, *args)]))[0]
+        if _is_noscript(reply):
+            reply = (await pipeline(self.redis, [("EVAL", SCRIPTS[script], len(keys), *keys, *args)]))[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     # --- batched calls -------------------------------------------------------------------------
     def submit(self, script: str, keys: list, args: list) -> asyncio.Future:
@@ -312,13 +324,9 @@ class Broker:
                 call.future.set_result(reply)
 
     async def _pipeline(self, batch: list[Call]) -> list:
-        pipe = self.redis.pipeline(transaction=False)
-        for call in batch:
-            if call.script == "SADD":
-                pipe.sadd(*call.keys)
-            else:
-                pipe.evalsha(_SHAS[call.script], len(call.keys), *call.keys, *call.args)
-        return await pipe.execute(raise_on_error=False)
+        commands = [("SADD", *call.keys) if call.script == "SADD" else
+                    ("EVALSHA", _SHAS[call.script], len(call.keys), *call.keys, *call.args) for call in batch]
+        return await pipeline(self.redis, commands)
 
     async def load_scripts(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -501,59 +509,6 @@ def server_keys(host: str, pid: int, server_id: str) -> tuple[str, str]:
     return f"asynq:servers:{{{ident}}}", f"asynq:workers:{{{ident}}}"
 
 
-# --------------------------------------------------------------------------------------------------
-# Connections
-
-def connect(url: str | None = None, *, max_connections: int = 32, **options: Any) -> Any:
-    """A redis.asyncio client over a blocking pool (waits for a free connection instead of failing).
-
-    Commands are serialised with hiredis when it is installed: redis-py's asyncio connections pack in
-    pure Python, which was ~40% of the worker's CPU per task in profiles.
-    """
-    import redis.asyncio as aioredis
-
-    common = dict(max_connections=max_connections, timeout=None, protocol=2, **options)
-    if url:
-        pool = aioredis.BlockingConnectionPool.from_url(url, **common)
-    else:
-        pool = aioredis.BlockingConnectionPool(**common)
-    pool.connection_class = _fast_connection_class(pool.connection_class)
-    return aioredis.Redis(connection_pool=pool)
-
-
-def side_client(redis: Any, connections: int, **overrides: Any) -> Any:
-    """A client on connections of its own, with `redis`'s settings (address, credentials, TLS, the fast
-    connection class) but no retries: for a watch or a blocking command that must neither wait behind
-    the loop's busy pool connections nor hide an outage behind redis-py's reconnect attempts."""
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    pool = redis.connection_pool
-    kwargs = dict(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
-    kwargs.update(overrides)
-    return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool(
-        connection_class=pool.connection_class, max_connections=connections, timeout=None, **kwargs))
-
-
-def _fast_connection_class(base: type) -> type:
-    try:
-        import hiredis
-    except ImportError:
-        return base
-    if not hasattr(hiredis, "pack_command"):
-        return base
-
-    def pack_command(self: Any, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str):
-            args = tuple(args[0].encode().split()) + args[1:]
-        elif b" " in args[0]:
-            args = tuple(args[0].split()) + args[1:]
-        return [hiredis.pack_command(tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args))]
-
-    return type(f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command})
-
-
 def _failed_copy(msg: Any, error: str, now: float) -> Any:
     """The message as retry and archive rewrite it: same fields plus the error and the failure time."""
     failed = TaskMessage()
@@ -635,11 +590,13 @@ class Client:
         # SADD and the script travel in one pipeline: two commands, one round trip.
         sadd = self.broker.submit("SADD", [ALL_QUEUES, msg.queue], [])
         result = self.broker.submit(*call)
-        await asyncio.wait((sadd, result))
-        errors = [sadd.exception(), result.exception()]  # retrieve both, so neither is reported as lost
-        if errors[0] or errors[1]:
-            raise errors[0] or errors[1]
-        reply = result.result()
+        try:
+            await sadd
+        except Exception:
+            if result.done() and not result.cancelled():  # the same batch: answered too
+                result.exception()  # retrieved, so it is not reported as lost; the SADD's error is raised
+            raise
+        reply = await result
         if reply == -1:
             raise TaskAlreadyExists()
         if reply == 0:

@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from housekeeping import archive_corrupt, every
 from settings import ConfigurationError, _fields, _Throttle, build_parser, load_settings, redis_client, setup_logging
 from sites_rules import SOURCE_QUEUE, Decision, Rules, RulesError, load_rules
 from worker import HEALTHCHECK_TASK, Server, Task, TaskError, _cancel, _event_loop_runner, result_origin
@@ -218,8 +219,8 @@ class Router(Server):
 
     async def run(self) -> None:
         spawn = asyncio.get_running_loop().create_task
-        loops = [spawn(self._every(self.LIVE_INTERVAL, self._refresh_live, now=True), name="live-servers"),
-                 spawn(self._every(self.STATS_INTERVAL, self._log_counts), name="router-stats")]
+        loops = [spawn(every(self, self.LIVE_INTERVAL, self._refresh_live, now=True), name="live-servers"),
+                 spawn(every(self, self.STATS_INTERVAL, self._log_counts), name="router-stats")]
         sweeper = spawn(self._sweeper(), name="sweep")
         try:
             await super().run()
@@ -373,7 +374,7 @@ class Router(Server):
                 budget -= got
                 for corrupt in taken.corrupt:
                     self._listed.add(corrupt.id)
-                    await self._archive_corrupt(corrupt, self._workers_key())
+                    await archive_corrupt(self, corrupt, self._workers_key())
                 now = time.time()
                 for msg in taken.messages:
                     offline = self._offline_action(msg, site)

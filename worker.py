@@ -1,8 +1,9 @@
 """peekaping-worker: runs Peekaping health checks from Asynq queues, as the Go worker does.
 
-This module is the loop: the Asynq server (processor, heartbeater, recoverer, forwarder, janitor,
-cancellation subscriber, graceful shutdown) and the executor registry. Peekaping's `monitor:healthcheck`
-handler is in `healthcheck`, Redis-level details in `asynq_protocol` (scripts in `asynq_scripts`),
+This module is the loop: the Asynq server (processor, graceful shutdown) and the executor registry. The
+server's background components (heartbeater, recoverer, forwarder, janitor, cancellation subscriber) are
+in `housekeeping`. Peekaping's `monitor:healthcheck` handler is in `healthcheck`, Redis-level details in
+`asynq_protocol` (scripts in `asynq_scripts`, connections and the pipeline in `redis_wire`),
 start-up checks in `redis_checks`, settings and logging in `settings`, the `check` and `types`
 commands in `cli`, the `route` command (sites) in `router` and `sites_rules`; checks in `executors/`.
 Only the standard library is imported at start so `--version` and `--help` answer at once.
@@ -28,6 +29,8 @@ if __name__ == "__main__":  # `python worker.py`: modules that `import worker` g
     sys.modules.setdefault("worker", sys.modules["__main__"])
 
 from executors import VERSION as __version__  # noqa: E402
+import housekeeping  # noqa: E402
+from housekeeping import honour_cancellation  # noqa: E402
 from settings import (DEFAULT_QUEUES, ConfigurationError,  # noqa: F401,E402 (DEFAULT_QUEUES re-exported)
                       Settings, _fields, _Throttle, build_parser, format_queues,
                       load_settings, redis_client, setup_logging)
@@ -92,8 +95,11 @@ class _Job:
     deadline: float
     lease_expiry: float  # local clock; the dequeue and each extension set it from the Redis-time lease
     interrupt: asyncio.Future  # resolves to "canceled", "lease_lost" or "abort"
-    runner: asyncio.Task | None = None
+    runner: asyncio.Task | None = None  # runs the handler, then its completion write; after an interrupt
+    # or the deadline, the task writing that outcome instead (the handler's task unwinds on its own)
     beaten: bool = False  # a heartbeat has written the task's workers entry
+    settled: bool = False  # the handler returned: interrupts and the deadline no longer apply
+    overtaken: bool = False  # an interrupt or the deadline came first
 
 
 def queue_order(queues: dict[str, int], strict: bool) -> list[str]:
@@ -137,13 +143,14 @@ class Server:
 
     def __init__(self, redis: Any, handlers: dict[str, Handler], *, queues: dict[str, int] | None = None,
                  concurrency: int = 128, strict_priority: bool = True, shutdown_timeout: float = 8.0) -> None:
-        from asynq_protocol import Broker
+        from asynq_protocol import DEFAULT_TIMEOUT_SECONDS, Broker
         from metrics import Stats
 
         filtered = {q.strip(): p for q, p in (queues or {"default": 1}).items() if q.strip() and p > 0}
         queues = filtered or {"default": 1}
         self.redis = redis
         self.broker = Broker(redis)
+        self._default_timeout = DEFAULT_TIMEOUT_SECONDS  # of a task with neither timeout nor deadline
         self.handlers = handlers
         self.concurrency = concurrency if concurrency >= 1 else (os.cpu_count() or 1)
         self.strict = strict_priority
@@ -154,6 +161,7 @@ class Server:
         self.status = "active"
         self.jobs: dict[str, _Job] = {}
         self._listed: set[Any] = set()  # task ids that may have an entry in our asynq:workers hash
+        self._wkey: tuple = ((), "")  # (host, pid, server_id) and its asynq:workers key
         self._requeued = 0  # requeue writes confirmed during the shutdown drain
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
@@ -172,7 +180,7 @@ class Server:
         """
         from redis_checks import start_up, watch
 
-        served = await self._until_redis(lambda: start_up(self), "start")
+        served = await housekeeping.until_redis(self, lambda: start_up(self), "start")
         if served is None:
             log.info("stopped before Redis became reachable")
             return
@@ -180,12 +188,13 @@ class Server:
         self._started_at = time.time()
         self.stats.connected()
         spawn = asyncio.get_running_loop().create_task
-        heartbeat = spawn(self._every(self.HEARTBEAT_INTERVAL, self._heartbeat, now=True), name="heartbeat")
-        forwarder = spawn(self._every(self.FORWARD_INTERVAL, self._forward), name="forwarder")
+        every = housekeeping.every
+        heartbeat = spawn(every(self, self.HEARTBEAT_INTERVAL, self._heartbeat, now=True), name="heartbeat")
+        forwarder = spawn(every(self, self.FORWARD_INTERVAL, self._forward), name="forwarder")
         helpers = [
-            spawn(self._subscriber(), name="subscriber"),
-            spawn(self._every(self.RECOVER_INTERVAL, self._recover, now=True), name="recoverer"),
-            spawn(self._every(self.JANITOR_INTERVAL, self._janitor), name="janitor"),
+            spawn(housekeeping.subscriber(self), name="subscriber"),
+            spawn(every(self, self.RECOVER_INTERVAL, self._recover, now=True), name="recoverer"),
+            spawn(every(self, self.JANITOR_INTERVAL, self._janitor), name="janitor"),
             spawn(watch(self), name="redis-watch"),
         ]
         processor = spawn(self._process(), name="processor")
@@ -233,10 +242,11 @@ class Server:
                 await asyncio.wait_for(self._slot_freed.wait(), deadline - time.monotonic())
             except asyncio.TimeoutError:
                 break
-        runners = [job.runner for job in self.jobs.values() if job.runner]
         aborted = [job for job in self.jobs.values() if not job.interrupt.done()]
         for job in aborted:
             job.interrupt.set_result("abort")
+            self._overtake(job, "abort")  # now, so that job.runner is the requeue write
+        runners = [job.runner for job in self.jobs.values() if job.runner]
         if runners:
             await asyncio.wait(runners, timeout=10)
         if aborted:
@@ -259,7 +269,7 @@ class Server:
     async def _idle(self, paused: list) -> None:
         """Wait for work once a dequeue found every queue empty or paused: until an id is pushed to an
         unpaused queue's pending list (then the dequeue script takes it, in queue order), or the poll."""
-        _honour_cancellation()  # a dequeue may have swallowed one; a wait of seconds must not follow
+        honour_cancellation()  # a dequeue may have swallowed one; a wait of seconds must not follow
         poll = self.IDLE_SLEEP / 2 + random.random() * self.IDLE_SLEEP
         if not self.WAKE_ON_PUSH:
             return await asyncio.sleep(poll)
@@ -274,7 +284,7 @@ class Server:
 
         throttle, backoff = _Throttle(), 0.1
         while True:
-            _honour_cancellation()
+            honour_cancellation()
             await self._dequeuing.wait()
             free = self.concurrency - len(self.jobs)
             if free <= 0:
@@ -286,7 +296,7 @@ class Server:
                 taken = await self.broker.take(self._names, self._orders(min(free, self.FETCH_BATCH)), self)
                 backoff = 0.1
             except Exception as exc:  # Redis trouble, or a reply we did not expect: never stop processing
-                _honour_cancellation()
+                honour_cancellation()
                 self.stats.redis_failed(exc)
                 if throttle.ready():
                     level = logging.WARNING if isinstance(exc, (RedisError, OSError)) else logging.ERROR
@@ -308,12 +318,15 @@ class Server:
                 self._start(msg, now, taken.lease_expiry)
             for corrupt in taken.corrupt:
                 self._listed.add(corrupt.id)
-                await self._archive_corrupt(corrupt, self._workers_key())
+                await housekeeping.archive_corrupt(self, corrupt, self._workers_key())
 
     def _workers_key(self) -> str:
-        from asynq_protocol import server_keys
+        ident = (self.host, self.pid, self.server_id)
+        if self._wkey[0] != ident:  # made once: every completion of a task not yet listed asks for it
+            from asynq_protocol import server_keys
 
-        return server_keys(self.host, self.pid, self.server_id)[1]
+            self._wkey = (ident, server_keys(*ident)[1])
+        return self._wkey[1]
 
     def _unlist(self, job: _Job) -> str:
         """The workers key to drop the task's entry from along with its completion: only while no
@@ -321,10 +334,8 @@ class Server:
         return "" if job.beaten else self._workers_key()
 
     def _start(self, msg: Any, dequeued_at: float, lease_expiry: float) -> None:
-        from asynq_protocol import DEFAULT_TIMEOUT_SECONDS
-
         if msg.timeout == 0 and msg.deadline == 0:
-            deadline = dequeued_at + DEFAULT_TIMEOUT_SECONDS
+            deadline = dequeued_at + self._default_timeout
         elif msg.timeout and msg.deadline:
             deadline = float(min(int(dequeued_at) + msg.timeout, msg.deadline))
         elif msg.timeout:
@@ -337,41 +348,73 @@ class Server:
         job.runner = loop.create_task(self._run(job))
 
     async def _run(self, job: _Job) -> None:
-        try:
-            await self._execute(job)
-        except Exception:
-            log.exception("task runner failed", extra=_fields(task_id=job.msg.id))
-        finally:
-            self.jobs.pop(job.msg.id, None)
-            self._slot_freed.set()
-
-    async def _execute(self, job: _Job) -> None:
+        """Run the handler in this task, then write its outcome. An interrupt or the deadline hands the
+        job to `_interrupted` (`_overtake`), which writes at once while the handler is cancelled here."""
         msg = job.msg
-        if time.time() >= job.deadline:
-            return await self._failed(job, TaskError("context deadline exceeded"))
-        handler = self.handlers.get(msg.type)
-        if handler is None:
-            return await self._failed(job, TaskError(f'handler not found for task "{msg.type}"'))
-        task = Task(msg.type, msg.payload, msg.id, msg.queue, msg.retried, msg.retry, job.deadline)
-        call = asyncio.get_running_loop().create_task(_guarded(handler, task))
-        done, _ = await asyncio.wait({call, job.interrupt}, timeout=max(0.0, job.deadline - time.time()),
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if call in done:
-            error = call.result()
+        try:
+            handler = self.handlers.get(msg.type)
+            if time.time() >= job.deadline or handler is None:
+                job.settled = True
+                return await self._failed(job, TaskError("context deadline exceeded" if handler else
+                                                         f'handler not found for task "{msg.type}"'))
+            task = Task(msg.type, msg.payload, msg.id, msg.queue, msg.retried, msg.retry, job.deadline)
+            loop = asyncio.get_running_loop()
+            timer = loop.call_at(loop.time() + max(0.0, job.deadline - time.time()), self._overtake, job, "deadline")
+
+            def interrupted(interrupt: asyncio.Future) -> None:
+                self._overtake(job, interrupt.result())
+
+            job.interrupt.add_done_callback(interrupted)
+            try:
+                error = await _guarded(handler, task)
+            except asyncio.CancelledError:
+                if job.overtaken:
+                    return  # the handler is stopped; `_interrupted` writes the outcome
+                raise
+            finally:
+                timer.cancel()
+                job.interrupt.remove_done_callback(interrupted)
+            if job.overtaken:
+                return  # the handler swallowed the cancellation
+            job.settled = True
             if error is None:
                 return await self._succeeded(job)
             return await self._failed(job, error)
-        call.cancel()
-        reason = job.interrupt.result() if job.interrupt.done() else "deadline"
-        if reason == "abort":
-            if await self._write(job, lambda: self.broker.requeue(msg, unlist=self._unlist(job)), "requeue"):
-                self._requeued += 1
+        except Exception:
+            log.exception("task runner failed", extra=_fields(task_id=msg.id))
+        finally:
+            if not job.overtaken:
+                self._finished(job)
+
+    def _finished(self, job: _Job) -> None:
+        self.jobs.pop(job.msg.id, None)
+        self._slot_freed.set()
+
+    def _overtake(self, job: _Job, reason: str) -> None:
+        """The job is interrupted (or its deadline passed) before its handler returned: cancel the handler
+        and write the outcome from a task of its own, so a handler slow to unwind delays nothing."""
+        if job.settled or job.overtaken:
             return
-        if reason == "lease_lost":
-            log.warning("task lease lost; leaving it to the recoverer", extra=_fields(task_id=msg.id))
-            return
-        text = "context canceled" if reason == "canceled" else "context deadline exceeded"
-        await self._failed(job, TaskError(text))
+        job.overtaken = True
+        runner, job.runner = job.runner, asyncio.get_running_loop().create_task(self._interrupted(job, reason))
+        if runner is not None:
+            runner.cancel()
+
+    async def _interrupted(self, job: _Job, reason: str) -> None:
+        msg = job.msg
+        try:
+            if reason == "abort":
+                if await self._write(job, lambda: self.broker.requeue(msg, unlist=self._unlist(job)), "requeue"):
+                    self._requeued += 1
+            elif reason == "lease_lost":
+                log.warning("task lease lost; leaving it to the recoverer", extra=_fields(task_id=msg.id))
+            else:
+                text = "context canceled" if reason == "canceled" else "context deadline exceeded"
+                await self._failed(job, TaskError(text))
+        except Exception:
+            log.exception("task runner failed", extra=_fields(task_id=msg.id))
+        finally:
+            self._finished(job)
 
     async def _succeeded(self, job: _Job) -> None:
         msg = job.msg
@@ -400,9 +443,6 @@ class Server:
     async def _write(self, job: _Job, op: Callable[[], Awaitable[Any]], what: str) -> bool:
         """Run a completion write while the lease is valid, retrying connection errors (asynq's syncer);
         True once Redis has confirmed it."""
-        from asynq_protocol import BrokerError
-        from redis.exceptions import RedisError
-
         delay = 0.2
         while True:
             remaining = job.lease_expiry - time.time()
@@ -411,224 +451,58 @@ class Server:
                             extra=_fields(task_id=job.msg.id))
                 return False
             try:
-                await asyncio.wait_for(op(), remaining)
+                async with asyncio.timeout(remaining):
+                    await op()
                 return True
-            except BrokerError as exc:  # NOT FOUND: another server recovered the task meanwhile
-                log.warning(f"{what} refused by broker", extra=_fields(task_id=job.msg.id, error=str(exc)))
-                return False
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except Exception as exc:
+                from asynq_protocol import BrokerError
+                from redis.exceptions import RedisError
+
+                if isinstance(exc, BrokerError):  # NOT FOUND: another server recovered the task meanwhile
+                    log.warning(f"{what} refused by broker", extra=_fields(task_id=job.msg.id, error=str(exc)))
+                    return False
+                if not isinstance(exc, (RedisError, OSError, asyncio.TimeoutError)):
+                    raise
                 self.stats.redis_failed(exc)
                 log.warning(f"{what} failed; retrying", extra=_fields(task_id=job.msg.id, error=str(exc)))
                 await asyncio.sleep(min(delay, max(0.0, job.lease_expiry - time.time())))
                 delay = min(delay * 2, 2.0)
 
-    # --- heartbeat, leases -------------------------------------------------------------------------
+    # --- background components: in `housekeeping`; these are the actions its loops run (methods, so
+    # tests and the router reach them, and `every` logs "<name> failed" by them) -------------------
     async def _heartbeat(self) -> None:
-        from asynq_protocol import ServerInfo, WorkerInfo, set_timestamp, valid_text
+        await housekeeping.heartbeat(self)
 
-        now = time.time()
-        info = ServerInfo(host=self.host, pid=self.pid, server_id=self.server_id, concurrency=self.concurrency,
-                          queues={valid_text(q): p for q, p in self.queues.items()}, strict_priority=self.strict,
-                          status=self.status, active_worker_count=len(self.jobs))
-        set_timestamp(info.start_time, self._started_at)
-        # Entries of tasks that ended since the last beat are dropped one by one (Go rewrites the whole
-        # hash), so an entry a dequeue writes while this beat is on its way survives.
-        ended = [task_id for task_id in self._listed if task_id not in self.jobs]
-        jobs = list(self.jobs.values())
-        workers, extend = [], {}
-        for job in jobs:
-            msg = job.msg
-            w = WorkerInfo(host=self.host, pid=self.pid, server_id=self.server_id, task_id=msg.id,
-                           task_type=msg.type, task_payload=msg.payload, queue=msg.queue)
-            set_timestamp(w.start_time, job.started)
-            set_timestamp(w.deadline, job.deadline)
-            workers.append(w)
-            if job.lease_expiry >= now:
-                extend.setdefault(msg.queue, []).append(job)
-            elif not job.interrupt.done():
-                job.interrupt.set_result("lease_lost")
-        sent = time.perf_counter()
-        await self.broker.write_server_state(info, workers, ended)
-        self.stats.heartbeat_done(time.perf_counter() - sent)
-        self._listed.difference_update(ended)
-        self._listed.update(self.jobs)
-        for job in jobs:
-            job.beaten = True
-        for queue, queue_jobs in extend.items():
-            expiry = await self.broker.extend_leases(queue, [j.msg.id for j in queue_jobs])
-            for job in queue_jobs:
-                job.lease_expiry = expiry
-
-    # --- recoverer, forwarder, janitor -------------------------------------------------------------
     async def _recover(self) -> None:
-        await self._each_queue(self._recover_queue)
+        await housekeeping.recover(self)
 
     async def _recover_queue(self, queue: str) -> None:
-        """Retry or archive the tasks whose lease expired RECOVER_SLACK s ago (Redis clock) and that no
-        live server lists; archive those whose message does not decode. One bad entry stops nothing."""
-        from asynq_protocol import Corrupt, retry_delay_seconds
-
-        for item in await self.broker.list_lease_expired(queue, self.RECOVER_SLACK):
-            if isinstance(item, Corrupt):
-                await self._archive_corrupt(item)
-                continue
-            msg = item
-            if msg.id in self.jobs:
-                continue
-            text = "asynq: task lease expired"
-            try:
-                if msg.retried >= msg.retry:
-                    await self.broker.archive(msg, text)
-                else:
-                    await self.broker.retry(msg, text, time.time() + retry_delay_seconds(msg.retried))
-                self.stats.recovered += 1
-                log.warning("recovered task with expired lease", extra=_fields(task_id=msg.id, queue=queue))
-            except Exception as exc:  # NOT FOUND: another server won the race
-                _honour_cancellation()
-                log.debug("recovery skipped", extra=_fields(task_id=msg.id, error=str(exc)))
-        await self.broker.reclaim_stale_aggregation_sets(queue)
-
-    async def _archive_corrupt(self, corrupt: Any, unlist: str = "") -> None:
-        """Archive a task whose message does not decode (kept with its bytes) and log it, once. The log
-        line is written by a callback on the write itself, so a shutdown cancelling the caller cannot lose it."""
-        from asynq_protocol import BrokerError
-
-        def report(write: asyncio.Future) -> None:
-            fields = dict(task_id=corrupt.task_id, queue=corrupt.queue)
-            if write.cancelled():
-                return
-            exc = write.exception()
-            if isinstance(exc, BrokerError):  # NOT FOUND: another server archived it first
-                log.debug("corrupt task already moved", extra=_fields(**fields, error=str(exc)))
-            elif exc is not None:  # Redis trouble: a recoverer archives it once its lease has expired
-                log.warning("could not archive a corrupt task; the recoverer will", extra=_fields(**fields, error=str(exc)))
-            else:
-                self.stats.archived += 1
-                log.error("corrupt task message archived", extra=_fields(**fields, error=corrupt.error,
-                                                                         kept=f"asynq:{{{corrupt.queue}}}:archived"))
-
-        write = self.broker.archive_corrupt(corrupt, unlist=unlist)
-        write.add_done_callback(report)
-        await asyncio.wait({write})  # a cancelled caller leaves the write and its report running
+        await housekeeping.recover_queue(self, queue)
 
     async def _forward(self) -> None:
-        await self._each_queue(self.broker.forward)
+        await housekeeping.forward(self)
 
     async def _janitor(self) -> None:
-        await self._each_queue(self.broker.delete_expired_completed)
-
-    async def _each_queue(self, action: Callable[[str], Awaitable[Any]]) -> None:
-        """Run `action` for every queue; a failing queue does not keep the others waiting (the first
-        failure is raised at the end, for `_every` to log)."""
-        failure: Exception | None = None
-        for queue in self.queues:
-            try:
-                await action(queue)
-            except Exception as exc:
-                _honour_cancellation()
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-
-    async def _every(self, interval: float, action: Callable[[], Awaitable[None]], now: bool = False) -> None:
-        throttle = _Throttle()
-        if not now:
-            await asyncio.sleep(interval)
-        while True:
-            try:
-                await action()
-            except Exception as exc:
-                _honour_cancellation()
-                self.stats.redis_failed(exc, sticky=False)
-                if throttle.ready():
-                    log.warning(f"{action.__name__.strip('_')} failed", extra=_fields(error=str(exc)))
-            _honour_cancellation()
-            await asyncio.sleep(interval)
-
-    async def _until_redis(self, action: Callable[[], Awaitable[Any]], what: str) -> Any:
-        """Retry `action` with backoff until it succeeds (its result) or a stop is requested (None).
-
-        An error retrying cannot fix (refused password, missing ACL permission) raises RedisStartupError.
-        """
-        from redis_checks import RedisStartupError, refusal
-
-        delay, throttle, failing_since = 0.2, _Throttle(), None
-        while not self._stop.is_set():
-            try:
-                result = await action()
-                if failing_since is not None:
-                    log.info("Redis reachable again", extra=_fields(down_s=round(time.monotonic() - failing_since, 1)))
-                return result
-            except RedisStartupError:
-                raise
-            except Exception as exc:
-                cause = refusal(exc)
-                if cause:
-                    raise RedisStartupError(cause) from None
-                self.stats.redis_failed(exc)
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                if throttle.ready():
-                    log.warning(f"cannot {what}: Redis unreachable; retrying", extra=_fields(error=str(exc)))
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
-                delay = min(delay * 2, 5.0)
-        return None
-
-    # --- cancellation ------------------------------------------------------------------------------
-    async def _subscriber(self) -> None:
-        from asynq_protocol import CANCEL_CHANNEL
-
-        # Reads are bounded and the stop flag is checked between them: redis-py's blocking pubsub read
-        # can swallow a cancellation, and then a shutdown would wait on it forever.
-        while not self._stop.is_set():
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(CANCEL_CHANNEL)
-                while not self._stop.is_set():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if not message or message.get("type") != "message":
-                        continue
-                    data = message["data"]
-                    job = self.jobs.get(data.decode() if isinstance(data, bytes) else str(data))
-                    if job and not job.interrupt.done():
-                        job.interrupt.set_result("canceled")
-            except asyncio.CancelledError:
-                await _quietly(pubsub.aclose())
-                raise
-            except Exception as exc:
-                log.debug("cancel subscription lost; resubscribing", extra=_fields(error=str(exc)))
-            await _quietly(pubsub.aclose())
-            if not self._stop.is_set():
-                await asyncio.sleep(1.0)
+        await housekeeping.janitor(self)
 
 
 async def _guarded(handler: Handler, task: Task) -> Exception | None:
     """Run a handler; return None on success or the error (an unexpected one in Go's panic shape).
     The error text is stored in Redis, so lone surrogates in it become U+FFFD."""
-    from executors._kit.gojson import clean_text
-    from executors._kit.unexpected import where
-
     try:
         await handler(task)
         return None
     except TaskError as exc:
+        from executors._kit.gojson import clean_text
+
         text = str(exc)
         cleaned = clean_text(text)
         return exc if cleaned is text else type(exc)(cleaned)
     except Exception as exc:
+        from executors._kit.gojson import clean_text
+        from executors._kit.unexpected import where
+
         return TaskError(clean_text(f"panic error cause by: panic [{where(exc)}]: {type(exc).__name__}: {exc}"))
-
-
-def _honour_cancellation() -> None:
-    """Re-raise a cancellation that was swallowed on its way out of a library call (seen with
-    redis-py: the call returned or failed normally while our task was being cancelled); otherwise a
-    polling loop goes back to sleep and shutdown waits for it forever."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 async def _cancel(task: asyncio.Task, grace: float = 5.0) -> None:
@@ -639,13 +513,6 @@ async def _cancel(task: asyncio.Task, grace: float = 5.0) -> None:
         log.warning(f"background task {task.get_name()} did not stop within {grace:g} s; leaving it")
     elif not task.cancelled():
         task.exception()  # retrieved, so it is not reported as lost
-
-
-async def _quietly(aw: Awaitable[Any]) -> None:
-    try:
-        await aw
-    except Exception:
-        pass
 
 
 # ==================================================================================================

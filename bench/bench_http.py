@@ -1,8 +1,11 @@
 """HTTP pipeline benchmark: producer-style `http` tasks -> worker subprocess -> results in `ingester`.
 
   * e2e:    N `http` tasks (the web form's default config) against a fast local HTTP target, drained by
-            `worker.py --concurrency C` (MODE=prod LOG_LEVEL=error), timed until every result is in
-            `asynq:{ingester}:pending`; reports checks/s, worker CPU s per 1,000 checks, peak RSS;
+            the worker (`--concurrency C`, MODE=prod LOG_LEVEL=error, its modules byte-compiled as an
+            installed worker's are), timed until every result is in `asynq:{ingester}:pending`;
+            reports checks/s, worker CPU s per 1,000 checks (= CPU ms per check), peak RSS;
+            `--reference REV` alternates these drains with git revision REV's worker, `--runs` times
+            each, in the same run (this machine is noisy: compare within a run, not across runs);
   * floor:  the same Redis work without a check (monitors under maintenance), for scale;
   * engine: the executor alone in this process on uvloop (no Redis), C checks in flight;
   * --compare adds the same engine run through aiohttp (a session per check) and httpx over the
@@ -11,6 +14,7 @@
 
 Every check opens a fresh connection, as the Go worker does.
 Usage: python bench/bench_http.py [--tasks 20000] [--concurrency 128] [--engine-only] [--compare] [--https]
+                                  [--runs 1] [--reference REV]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PrivateRedis, drain, free_port, payload  # noqa: E402
+from common import ROOT, PrivateRedis, drain, free_port, payload  # noqa: E402
 
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 13\r\n\r\n"
             b"Hello, world!")
@@ -105,6 +110,54 @@ def form_config(url: str) -> dict:
     return {"url": url, "method": "GET", "headers": '{ "Content-Type": "application/json" }', "encoding": "json",
             "body": "", "accepted_statuscodes": ["2XX"], "max_redirects": 10, "ignore_tls_errors": False,
             "authMethod": "none", "check_cert_expiry": False}
+
+
+def worker_copy(rev: str | None) -> tuple[list[str], str]:
+    """(command, folder): the worker's modules (this tree's, or git revision `rev`'s) copied to a temporary
+    folder and byte-compiled, run as the console script runs it. Without .pyc files (PYTHONDONTWRITEBYTECODE)
+    the first task of a drain would pay for compiling the executors."""
+    folder = tempfile.mkdtemp(prefix="pw-bench-worker-")
+    if rev is None:
+        for name in os.listdir(ROOT):
+            if name.endswith(".py"):
+                shutil.copy(ROOT / name, folder)
+        shutil.copytree(ROOT / "executors", Path(folder) / "executors", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", folder], stdout=subprocess.DEVNULL, check=False)
+    entry = f"import sys; sys.path.insert(0, {folder!r}); from worker import main; sys.exit(main())"
+    return [sys.executable, "-c", entry], folder
+
+
+def e2e_runs(url: str, tasks: int, concurrency: int, runs: int, reference: str | None) -> list[str]:
+    """Drains of this tree's worker, alternated with `reference`'s when given; a line per drain and a summary."""
+    workers = [("this tree", *worker_copy(None))]
+    if reference:
+        workers.append((f"git {reference}", *worker_copy(reference)))
+    lines, figures = [], {label: [] for label, _, _ in workers}
+    redis = PrivateRedis()
+    try:
+        for run in range(runs):
+            for label, cmd, _ in (workers if run % 2 == 0 else workers[::-1]):
+                checks = [(f"m{i}", payload(f"m{i}", "http", form_config(url))) for i in range(tasks)]
+                fig = drain(redis, checks, concurrency, cmd)
+                figures[label].append(fig)
+                lines.append(fig.line(f"e2e http, {label}"[:28]))
+        floor = drain(redis, [(f"m{i}", payload(f"m{i}", "http", {}, maintenance=True)) for i in range(tasks)],
+                      concurrency, workers[0][1])
+        lines.append(floor.line("floor (no check, same Redis)"))
+    finally:
+        redis.close()
+        for _, _, folder in workers:
+            shutil.rmtree(folder, ignore_errors=True)
+    if runs > 1 or reference:
+        for label, figs in figures.items():
+            cpu = sorted(f.worker_cpu / f.checks * 1000 for f in figs)
+            rate = sorted(f.per_second for f in figs)
+            lines.append(f"{label}: {rate[0]:,.0f}-{rate[-1]:,.0f} checks/s, worker CPU {cpu[0]:.3f}-{cpu[-1]:.3f} "
+                         f"ms per check (median {cpu[len(cpu) // 2]:.3f}), {len(figs)} drains")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,6 +245,8 @@ def main() -> None:
     parser.add_argument("--engine-only", action="store_true", help="skip the Redis pipeline runs")
     parser.add_argument("--compare", action="store_true", help="also time aiohttp and httpx+httpx-aiohttp")
     parser.add_argument("--https", action="store_true", help="engine runs against a verified TLS target")
+    parser.add_argument("--runs", type=int, default=1, help="e2e drains per worker (alternated with --reference)")
+    parser.add_argument("--reference", metavar="REV", help="also drain with git revision REV's worker (baseline)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
     parser.add_argument("--engine-run", help=argparse.SUPPRESS)
@@ -214,16 +269,7 @@ def main() -> None:
              "(fresh connection per check)"]
     try:
         if not args.engine_only and not args.https:
-            redis = PrivateRedis()
-            try:
-                tasks = [(f"m{i}", payload(f"m{i}", "http", form_config(url))) for i in range(args.tasks)]
-                e2e = drain(redis, tasks, args.concurrency)
-                floor = drain(redis, [(f"m{i}", payload(f"m{i}", "http", {}, maintenance=True))
-                                      for i in range(args.tasks)], args.concurrency)
-            finally:
-                redis.close()
-            lines.append(e2e.line("e2e http checks via Redis"))
-            lines.append(floor.line("floor (no check, same Redis)"))
+            lines += e2e_runs(url, args.tasks, args.concurrency, max(1, args.runs), args.reference)
         kinds = ["ours"] + (["aiohttp", "httpx+httpx-aiohttp"] if args.compare else [])
         for kind in kinds:
             lines.append(engine_in_subprocess(kind, url, args.tasks, args.concurrency, env))

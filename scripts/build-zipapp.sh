@@ -70,7 +70,7 @@ fi
 pipq install --no-deps --no-index --no-compile --target "$STAGE/app" "$STAGE"/wheels/*.whl
 
 # 3. The worker itself, the entry point, and the list of host-provided dependencies.
-cp worker.py healthcheck.py asynq_protocol.py asynq_scripts.py pending_watch.py settings.py redis_checks.py cli.py router.py sites_rules.py metrics.py doctor.py "$STAGE/app/"
+cp worker.py healthcheck.py asynq_protocol.py asynq_scripts.py pending_watch.py settings.py redis_checks.py cli.py router.py sites_rules.py metrics.py doctor.py housekeeping.py redis_wire.py "$STAGE/app/"
 mkdir -p "$STAGE/app/executors"
 cp executors/*.py "$STAGE/app/executors/"
 for sub in executors/*/; do

@@ -285,8 +285,10 @@ class _SocketStream:
             return
         self._closed = True
         self._reading = self._writing = False
-        self._poll.forget(self._fd)
+        self._poll.closing(self._fd)
         self._sock.close()
+        self._reader = None  # type: ignore[assignment]  # no reader <-> stream cycle: both go with their
+        # last reference instead of waiting for a garbage collection
 
     def is_closing(self) -> bool:
         return self._closed

@@ -276,28 +276,38 @@ def decode_struct(document: str | bytes | Any, schema: dict[str, type], struct: 
         if not text:
             raise ValueError("EOF")
         value = _decode_value(text)
-    out: dict[str, Any] = {name: _zero(kind) for name, kind in schema.items()}
+    zeros, lists, folded = _layout(tuple(schema.items()))
+    out: dict[str, Any] = zeros.copy()
+    for name in lists:
+        out[name] = []
     if value is None:
         return out
     if not isinstance(value, dict):
         raise ValueError(f"json: cannot unmarshal {_json_kind(value)} into Go value of type {struct}")
-    folded = _folded(tuple(schema))
     where = struct.rsplit(".", 1)[-1]  # Go names the struct without its package here
     for key, item in value.items():
-        name = key if key in schema else folded.get(key.lower())
-        if name is None:
-            if strict:
-                raise ValueError(f'json: unknown field "{key}"')
-            continue
+        kind = schema.get(key)
+        name = key
+        if kind is None:
+            name = folded.get(key.lower())
+            if name is None:
+                if strict:
+                    raise ValueError(f'json: unknown field "{key}"')
+                continue
+            kind = schema[name]
         if item is None:
             continue
-        out[name] = _convert(item, schema[name], f"{where}.{name}")
+        # the exact type is kept as it is (str, bool, int within int64, object); the rest is converted
+        out[name] = item if type(item) is kind and kind is not list else _convert(item, kind, f"{where}.{name}")
     return out
 
 
 @functools.lru_cache(maxsize=256)
-def _folded(names: tuple[str, ...]) -> dict[str, str]:
-    return {name.lower(): name for name in names}
+def _layout(fields: tuple[tuple[str, type], ...]) -> tuple[dict[str, Any], tuple[str, ...], dict[str, str]]:
+    """A schema's zero values (in field order; list fields get a new list per decode), its list fields,
+    and its names by lower-cased name."""
+    zeros = {name: _zero(kind) for name, kind in fields}
+    return zeros, tuple(name for name, kind in fields if kind is list), {name.lower(): name for name, _ in fields}
 
 
 def _zero(kind: type) -> Any:

@@ -64,18 +64,34 @@ def parse_rfc3339(text: str) -> float:
     m = _RFC3339.match(text)
     if not m:
         raise ValueError(f'parsing time "{text}" as RFC 3339: cannot parse')
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    base = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+    whole = text[:19]  # date and time of day: tasks scheduled in the same second share it
+    base = _bases.get(whole)
+    if base is None:
+        year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+        base = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+        if len(_bases) >= 64:
+            _bases.clear()
+        _bases[whole] = base
     frac = int((m.group(7) or "0").ljust(9, "0")) / 1e9
     zone = m.group(8)
     offset = 0 if zone in ("Z", "z") else (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * (1 if zone[0] == "+" else -1)
     return base + frac - offset
 
 
+_bases: dict[str, float] = {}  # `YYYY-MM-DDTHH:MM:SS` -> its unix seconds as UTC
+_last_second: tuple[int, str] = (-1 << 70, "")  # the last second formatted, and its text
+
+
 def format_rfc3339(unix_ns: int) -> str:
     """Go's time.Time MarshalJSON form for a UTC instant: `2025-06-01T12:00:00.1301234Z`."""
+    global _last_second
     seconds, frac = divmod(unix_ns, 1_000_000_000)
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    last = _last_second  # (seconds, text): a result's start and end, and results close in time, share it
+    if last[0] == seconds:
+        text = last[1]
+    else:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _last_second = (seconds, text)
     if frac:
         text += "." + f"{frac:09d}".rstrip("0")
     return text + "Z"

@@ -45,6 +45,11 @@ class Poller:
             except OSError:
                 pass
 
+    def closing(self, fd: int) -> None:
+        """Stop watching `fd`, which is about to be closed: closing it takes it out of the epoll set, so
+        this spares the epoll_ctl call (the socket must not have been duplicated)."""
+        self._handlers.pop(fd, None)
+
     def _ready(self) -> None:
         handlers = self._handlers
         for fd, events in self._ep.poll(0, MAX_EVENTS):
@@ -74,6 +79,8 @@ class _LoopPoller:
             self._loop.remove_reader(fd)
         if events & OUT:
             self._loop.remove_writer(fd)
+
+    closing = forget
 
 
 _pollers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Poller | _LoopPoller]" = weakref.WeakKeyDictionary()
