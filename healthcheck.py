@@ -13,10 +13,25 @@ import logging
 import time
 from typing import Any
 
+from executors import DOWN, ConfigError, Result, instant
 from settings import _fields
 from worker import INGEST_TASK, Handler, Task, TaskError, executor_path, load_executor
 
 log = logging.getLogger("peekaping.worker")
+
+# executors._kit modules, imported by the first task (an idle worker does without them) and kept here:
+# a `from … import` in a function costs about a microsecond per call.
+_gojson: Any = None
+_gotext: Any = None
+_limits: Any = None
+_redact: Any = None
+
+
+def _load_kit() -> None:
+    global _gojson, _gotext, _limits, _redact
+    from executors._kit import gojson, gotext, limits, redact
+
+    _gojson, _gotext, _limits, _redact = gojson, gotext, limits, redact
 
 
 PAYLOAD_SCHEMA = {"monitor_id": str, "monitor_name": str, "monitor_type": str, "interval": int, "timeout": int,
@@ -30,11 +45,14 @@ HEARTBEAT_SCHEMA = {"id": str, "monitor_id": str, "status": int, "msg": str, "pi
                     "notified": bool}
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # json.dumps makes one per call
+
+
 def decode_payload(data: bytes) -> dict[str, Any]:
     """Lenient Go-style decoding of the health-check payload; ValueError on bad JSON or types."""
-    from executors._kit.gojson import decode_struct
-    from executors._kit.gotext import parse_rfc3339
-
+    if _gojson is None:
+        _load_kit()
+    decode_struct = _gojson.decode_struct
     p = decode_struct(data, PAYLOAD_SCHEMA, "worker.HealthCheckTaskPayload", strict=False)
     if p["proxy"] is not None:
         p["proxy"] = decode_struct(p["proxy"], PROXY_SCHEMA, "worker.ProxyPayload", strict=False, parsed=True)
@@ -42,7 +60,7 @@ def decode_payload(data: bytes) -> dict[str, Any]:
         p["last_heartbeat"] = decode_struct(p["last_heartbeat"], HEARTBEAT_SCHEMA, "worker.HeartbeatPayload",
                                             strict=False, parsed=True)
     # A missing scheduled_at is Go's zero time (year 1): always stale.
-    p["scheduled_at"] = parse_rfc3339(p["scheduled_at"]) if p["scheduled_at"] else -62135596800.0
+    p["scheduled_at"] = _gotext.parse_rfc3339(p["scheduled_at"]) if p["scheduled_at"] else -62135596800.0
     return p
 
 
@@ -54,9 +72,6 @@ def check_margin(timeout: float) -> float:
 async def run_check(monitor: Any, proxy: dict | None, budget: float) -> Any:
     """Run one executor under a hard budget; config errors and overruns become DOWN results, and so
     does any unexpected exception (the last line of defence: the monitor still gets its heartbeat)."""
-    from executors import DOWN, ConfigError, Result, instant
-    from executors._kit.unexpected import unexpected_result
-
     module = await load_executor(monitor.type)
     start = time.time_ns()
     try:
@@ -68,18 +83,21 @@ async def run_check(monitor: Any, proxy: dict | None, budget: float) -> Any:
         return Result(DOWN, f"{monitor.type} check timed out after {budget:.3g}s: context deadline exceeded",
                       start, time.time_ns())
     except Exception as exc:  # CancelledError is a BaseException: shutdown and task cancels still pass
+        from executors._kit.unexpected import unexpected_result
+
         return unexpected_result(monitor, proxy, exc, start)
 
 
 def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False, origin: dict | None = None) -> bytes:
     """The ingest JSON; with extensions, phase timings and `origin` (`site`, `worker`: where it was checked)."""
-    from executors._kit.gotext import format_rfc3339
-
+    if _gotext is None:
+        _load_kit()
+    format_rfc3339 = _gotext.format_rfc3339
     body: dict[str, Any] = {
         "monitor_id": p["monitor_id"], "monitor_name": p["monitor_name"], "monitor_type": p["monitor_type"],
         "monitor_interval": p["interval"], "monitor_timeout": p["timeout"],
         "monitor_max_retries": p["max_retries"], "monitor_retry_interval": p["retry_interval"],
-        "monitor_resend_interval": p["resend_interval"], "monitor_config": p["config"],
+        "monitor_resend_interval": p["resend_interval"], "monitor_config": _redact.masked_config(p["config"]),
         "status": result.status, "message": result.message, "ping_ms": result.ping_ms,
         "start_time": format_rfc3339(result.start_ns), "end_time": format_rfc3339(result.end_ns),
         "is_under_maintenance": result.status == 3,
@@ -91,7 +109,7 @@ def ingest_payload(p: dict[str, Any], result: Any, extensions: bool = False, ori
         body["timings"] = result.timings
     if extensions and origin:
         body.update(origin)
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    text = _JSON.encode(body)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate in an executor's text: U+FFFD, as Go's json.Marshal
@@ -125,8 +143,8 @@ def healthcheck_handler(client: Any, extensions: bool = False, origin: dict | No
         stats = Stats()
 
     async def handle(task: Task) -> None:
-        from executors._kit import limits as _limits  # on the first task: an idle worker does without it (and ctypes)
-
+        if _limits is None:
+            _load_kit()  # on the first task: an idle worker does without them (and ctypes)
         _limits.trim_soon(len(task.payload))  # hand the heap back to the OS after a burst of large payloads
         try:
             p = decode_payload(task.payload)
