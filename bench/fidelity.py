@@ -87,8 +87,9 @@ class Sender:
         return f"{q(0.5):.2f} {q(0.9):.2f} {q(0.99):.2f} {late[-1] / 1e6:.2f}"
 
 
-def _control(selector, sender: Sender) -> None:
-    """stdin: each line asks for the lateness figures since the last line."""
+def _serve_forever(selector, sender: Sender) -> None:
+    """Say `ready`, then run the callbacks of `selector` forever; stdin is the control channel: each line
+    asks for the lateness figures since the last line, and its end ends the process."""
     import selectors
 
     def asked() -> None:
@@ -97,6 +98,10 @@ def _control(selector, sender: Sender) -> None:
         print(sender.stats(), flush=True)
 
     selector.register(sys.stdin, selectors.EVENT_READ, asked)
+    print("ready", flush=True)
+    while True:
+        for key, _ in selector.select():
+            key.data()
 
 
 def serve_http(port: int) -> None:
@@ -144,11 +149,7 @@ def serve_http(port: int) -> None:
         buffers[conn] = buf
 
     selector.register(listener, selectors.EVENT_READ, accept)
-    _control(selector, sender)
-    print("ready", flush=True)
-    while True:
-        for key, _ in selector.select():
-            key.data()
+    _serve_forever(selector, sender)
 
 
 def serve_tcp() -> None:
@@ -157,18 +158,13 @@ def serve_tcp() -> None:
     import selectors
     import struct
 
+    sys.path.insert(0, str(ROOT))
+    from executors._kit.icmp import checksum  # the Internet checksum (RFC 1071), for IP and TCP headers
+
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
     fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", TUN.encode(), 0x0001 | 0x1000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI
     for step in (["ip", "addr", "add", f"{HOST_IP}/30", "dev", TUN], ["ip", "link", "set", TUN, "up"]):
         subprocess.run(step, check=True)
-
-    def checksum(data: bytes) -> int:
-        if len(data) % 2:
-            data += b"\0"
-        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        return ~total & 0xFFFF
 
     def segment(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, options: bytes) -> bytes:
         offset = (20 + len(options)) // 4
@@ -202,11 +198,7 @@ def serve_tcp() -> None:
 
     selector = selectors.DefaultSelector()
     selector.register(fd, selectors.EVENT_READ, readable)
-    _control(selector, sender)
-    print("ready", flush=True)
-    while True:
-        for key, _ in selector.select():
-            key.data()
+    _serve_forever(selector, sender)
 
 
 def start(args: list[str]) -> subprocess.Popen:

@@ -122,6 +122,29 @@ async def _rounds(url: str, rounds: int) -> tuple[list[float], list[float]]:
     return to_dequeue, to_result
 
 
+def measure(server: PrivateRedis, queues: str, wake: bool, idle: float, rounds: int,
+            root=ROOT) -> tuple[float, float, dict, list[float], list[float]]:
+    """Start a worker (of the tree at `root`) on `server`, wait until it has registered and is past its
+    start-up, then read its idle commands for `idle` seconds and time `rounds` pickups; stop it.
+    (sent/s, run/s, {command: count}, enqueue-to-dequeue ms, enqueue-to-result ms)."""
+    import redis as syncredis
+
+    proc = start(server.url, queues, wake=wake, root=root)
+    try:
+        r = syncredis.Redis.from_url(server.url)
+        while not r.zcard("asynq:servers"):
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode())
+            time.sleep(0.05)
+        time.sleep(3)  # past start-up and the first round of every periodic job
+        sent, run, names = count_commands(server.port, idle)
+        to_dequeue, to_result = pickup_rounds(server.url, rounds)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return sent, run, names, to_dequeue, to_result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30)
@@ -140,19 +163,8 @@ def main() -> None:
             syncredis.Redis.from_url(server.url).flushdb()
             for queue in filter(None, args.paused.split(",")):
                 syncredis.Redis.from_url(server.url).set(f"asynq:{{{queue}}}:paused", 1)
-            proc = start(server.url, args.queues, wake=(mode == "wake"))
-            try:
-                r = syncredis.Redis.from_url(server.url)
-                while not r.zcard("asynq:servers"):
-                    if proc.poll() is not None:
-                        raise RuntimeError(proc.stderr.read().decode())
-                    time.sleep(0.05)
-                time.sleep(3)  # past start-up and the first round of every periodic job
-                sent, run, names = count_commands(server.port, args.idle)
-                to_dequeue, to_result = pickup_rounds(server.url, args.rounds)
-            finally:
-                proc.terminate()
-                proc.wait(30)
+            sent, run, names, to_dequeue, to_result = measure(server, args.queues, mode == "wake", args.idle,
+                                                              args.rounds)
             top = ", ".join(f"{n} {c / args.idle:.2f}" for n, c in sorted(names.items(), key=lambda x: -x[1]))
             lines.append(f"{mode:<5} enqueue->dequeue median {statistics.median(to_dequeue):6.1f} ms  max "
                          f"{max(to_dequeue):6.1f} ms | enqueue->result median {statistics.median(to_result):6.1f} ms"

@@ -27,9 +27,7 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,19 +116,7 @@ def section_pickup(trees: dict[str, Path], rounds: int, idle: float) -> list[str
     try:
         for label, root in trees.items():
             syncredis.Redis.from_url(server.url).flushdb()
-            proc = pickup.start(server.url, "healthcheck:5", wake=True, root=root)
-            try:
-                r = syncredis.Redis.from_url(server.url)
-                while not r.zcard("asynq:servers"):
-                    if proc.poll() is not None:
-                        raise RuntimeError(proc.stderr.read().decode())
-                    time.sleep(0.05)
-                time.sleep(3)  # past start-up and the first round of every periodic job
-                sent, _, _ = pickup.count_commands(server.port, idle)
-                to_dequeue, _ = pickup.pickup_rounds(server.url, rounds)
-            finally:
-                proc.terminate()
-                proc.wait(30)
+            sent, _, _, to_dequeue, _ = pickup.measure(server, "healthcheck:5", True, idle, rounds, root=root)
             median = statistics.median(to_dequeue)
             mark = (f"   median <= {TARGETS['pickup_ms']:g} ms: {verdict(median <= TARGETS['pickup_ms'])}, "
                     f"<= {TARGETS['idle_cmds']} commands/s: {verdict(sent <= TARGETS['idle_cmds'])}"

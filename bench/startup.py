@@ -203,42 +203,21 @@ class Targets:
     """Local check targets: a TCP listener, a plain HTTP server and (with openssl) a self-signed HTTPS one."""
 
     def __init__(self) -> None:
-        import http.server
         import shutil
-        import ssl
-        import threading
 
-        from smoke_binary import make_test_pki
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                body = b"peekaping bench ok"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
+        from smoke_binary import make_test_pki, serve_text
 
         self.dir = tempfile.mkdtemp(prefix="pw-bench-pki-")
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
-        self.servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)]
+        self.servers = [serve_text(b"peekaping bench ok")]
         self.https_url = None
         openssl = shutil.which("openssl")
         if openssl:
             _, cert, key = make_test_pki(openssl, self.dir)
-            tls = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(cert, key)
-            tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
-            self.servers.append(tls)
-            self.https_url = f"https://127.0.0.1:{tls.server_address[1]}/"
-        for server in self.servers:
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            self.servers.append(serve_text(b"peekaping bench ok", cert, key))
+            self.https_url = f"https://127.0.0.1:{self.servers[-1].server_address[1]}/"
         self.http_url = f"http://127.0.0.1:{self.servers[0].server_address[1]}/"
 
     def config(self, family: str) -> tuple[str, dict] | None:

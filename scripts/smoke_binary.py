@@ -266,7 +266,7 @@ def step_bundle(binary: str) -> None:
         skip("bundle listing (not a PyInstaller binary, or pyi-archive_viewer is not installed here)")
         return
     have = set(names)
-    missing = [m for m in ["worker", "healthcheck", "asynq_protocol", "asynq_scripts", "pending_watch", "settings", "redis_checks", "cli", "router", "sites_rules", "metrics", "doctor"] + executor_modules_in_source() if m not in have]
+    missing = [m for m in ["worker", "healthcheck", "asynq_protocol", "asynq_scripts", "pending_watch", "settings", "redis_checks", "cli", "router", "sites_rules", "metrics", "doctor", "housekeeping", "redis_wire"] + executor_modules_in_source() if m not in have]
     if missing:
         raise Failure(f"modules missing from the bundle: {missing} (hidden imports in build.spec?)")
     pyinstaller = "PYZ.pyz" in have or any(n.startswith("pyimod") for n in names)
@@ -311,6 +311,32 @@ def step_check_tcp(cmd: list[str], workdir: str) -> None:
     ok(f"check tcp: {out.stdout.strip()}")
 
 
+def serve_text(body: bytes, cert: str | None = None, key: str | None = None):
+    """A threaded HTTP server on a free loopback port, serving from a daemon thread, that answers every GET
+    with `body` as text/plain; HTTPS with `cert` and `key`. Stop it with shutdown() and server_close()."""
+    import http.server
+    import ssl
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if cert is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def make_test_pki(openssl: str, workdir: str) -> tuple[str, str, str]:
     """A throw-away CA and a server certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem)."""
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
@@ -344,26 +370,10 @@ def step_check_http(cmd: list[str], types: list[str], workdir: str) -> None:
     if "http" not in types:
         skip("check http (no http executor in this build)")
         return
-    import http.server
-    import ssl
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = b"peekaping smoke ok"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
     servers = []
     try:
-        plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        plain = serve_text(b"peekaping smoke ok")
         servers.append(plain)
-        threading.Thread(target=plain.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{plain.server_address[1]}/"
         out = run(cmd + ["check", "http", _http_config(url, False), "--timeout", "10"], cwd=workdir)
         if out.returncode != 0:
@@ -375,12 +385,8 @@ def step_check_http(cmd: list[str], types: list[str], workdir: str) -> None:
             skip("check https (no openssl command to make test certificates)")
             return
         ca, cert, key = make_test_pki(openssl, workdir)
-        tls = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+        tls = serve_text(b"peekaping smoke ok", cert, key)
         servers.append(tls)
-        threading.Thread(target=tls.serve_forever, daemon=True).start()
         url = f"https://127.0.0.1:{tls.server_address[1]}/"
         # 1. the system roots (or the bundled ones) do not know the test CA: a verification failure,
         #    not a missing file or a crash

@@ -15,7 +15,6 @@ import struct
 import subprocess
 import tempfile
 import threading
-import time
 
 import dns.flags
 import dns.message
@@ -24,6 +23,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import dns.zone
+
+from conftest import stop_process, wait_ready
 
 ZONE = "peek.test"
 # Thirty 150-byte TXT records: about 4.7 kB, far past the 1232-byte EDNS size the executor asks for.
@@ -122,17 +123,11 @@ class Nsd:
         conf = os.path.join(self.dir, "nsd.conf")
         with open(conf, "w") as fh:
             fh.write(self.config())
-        self.proc = subprocess.Popen([shutil.which("nsd"), "-d", "-c", conf],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nsd exited: {self.proc.stderr.read().decode(errors='replace')} "
-                                   f"{self.log()}")
-            if all(self.answers(host) for host in ("127.0.0.1", "::1")):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"nsd did not answer: {self.log()}")
+        with open(os.path.join(self.dir, "nsd.stderr"), "wb") as stderr:  # what it says before its log is open
+            self.proc = subprocess.Popen([shutil.which("nsd"), "-d", "-c", conf], stdout=subprocess.DEVNULL,
+                                         stderr=stderr)
+        wait_ready(lambda: all(self.answers(host) for host in ("127.0.0.1", "::1")), "nsd", 15, proc=self.proc,
+                   log=self.log)
 
     def answers(self, host: str) -> bool:
         query = dns.message.make_query(f"www.{ZONE}.", "A")
@@ -146,22 +141,17 @@ class Nsd:
                 return False
 
     def log(self) -> str:
-        try:
-            with open(os.path.join(self.dir, "nsd.log"), errors="replace") as fh:
-                return fh.read()[-2000:]
-        except OSError:
-            return ""
+        text = ""
+        for name in ("nsd.stderr", "nsd.log"):
+            try:
+                with open(os.path.join(self.dir, name), errors="replace") as fh:
+                    text += fh.read()[-2000:]
+            except OSError:
+                pass
+        return text
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
+        stop_process(self.proc)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 

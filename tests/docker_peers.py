@@ -22,11 +22,12 @@ import ssl
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import trustme
+
+from conftest import TcpPeer, wait_ready
 
 IMAGE = "pk-tiny:1"
 BUSYBOX = "/bin/busybox"  # Debian's busybox-static: one static binary, runs without a libc in the image
@@ -138,14 +139,7 @@ class DockerDaemon:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DaemonError(f"dockerd exited with {self.proc.returncode}: {self.log_tail()}")
-            if self.ping():
-                return
-            time.sleep(0.1)
-        raise DaemonError(f"dockerd did not answer within {timeout:.0f} s: {self.log_tail()}")
+        wait_ready(self.ping, "dockerd", timeout, proc=self.proc, log=self.log_tail, error=DaemonError, interval=0.1)
 
     def ping(self) -> bool:
         try:
@@ -257,7 +251,7 @@ def _unmount_under(root: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # TLS listeners with certificates the daemon does not have
 
-class TlsListener:
+class TlsListener(TcpPeer):
     """Accepts TLS on 127.0.0.1 with one certificate, in a thread; the handshake is all that matters."""
 
     def __init__(self, cert_pem: bytes, key_pem: bytes) -> None:
@@ -268,22 +262,9 @@ class TlsListener:
             self.ctx.load_cert_chain(fh.name)
         finally:
             os.unlink(fh.name)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
-
-    def _handshake(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         try:
             with self.ctx.wrap_socket(conn, server_side=True) as tls:
@@ -292,6 +273,3 @@ class TlsListener:
             pass
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self.sock.close()

@@ -81,12 +81,6 @@ service Shop {
 SHOP = "demo.v1.Shop"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def protoc_pool(text: str, name: str = "shop.proto") -> descriptor_pool.DescriptorPool:
     """`text` compiled by protoc (grpcio-tools) into a private pool."""
     import grpc_tools

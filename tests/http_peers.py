@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from conftest import TcpPeer, free_port, stop_process, wait_for_port
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -352,35 +354,18 @@ class Peer:
 # --------------------------------------------------------------------------------------------------
 # Hostile servers (raw sockets)
 
-class Hostile:
+class Hostile(TcpPeer):
     """Misbehaving servers: `dribble` (one byte per second), `endless` (a body that never ends),
     `tls-stall` (accepts, never answers a ClientHello), `redirect-loop` is a normal Peer route."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(256)
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(backlog=256)
 
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except (socket.timeout, OSError):
-                continue
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         try:
             if self.kind == "tls-stall":
-                while not self.stop.is_set():  # read the ClientHello and never answer
+                while not self.stopped.is_set():  # read the ClientHello and never answer
                     conn.settimeout(0.5)
                     try:
                         if not conn.recv(65536):
@@ -392,62 +377,47 @@ class Hostile:
             conn.recv(65536)
             if self.kind == "dribble":
                 for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello":
-                    if self.stop.wait(1.0):
+                    if self.stopped.wait(1.0):
                         return
                     conn.sendall(bytes([byte]))
             elif self.kind == "endless":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
                 chunk = b"10000\r\n" + b"y" * 0x10000 + b"\r\n"
-                while not self.stop.is_set():
+                while not self.stopped.is_set():
                     conn.sendall(chunk)
         except OSError:
             pass
         finally:
             conn.close()
 
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
 
 # --------------------------------------------------------------------------------------------------
 # A recording TCP relay (to see the bytes a client sends to a real proxy)
 
-class Tap:
+class Tap(TcpPeer):
     def __init__(self, upstream_port: int) -> None:
         self.upstream = upstream_port
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.sent: list[bytes] = []  # client -> proxy, per connection
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._sent: dict[socket.socket, bytes] = {}
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            index = len(self.sent)
-            self.sent.append(b"")
-            up = socket.create_connection(("127.0.0.1", self.upstream))
-            threading.Thread(target=self._pump, args=(client, up, index), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, client, None), daemon=True).start()
+    @property
+    def sent(self) -> list[bytes]:
+        """What each client sent to the proxy (its first 4 KiB), per connection in the order they came."""
+        return [self._sent.get(conn, b"") for conn in self.conns]
 
-    def _pump(self, src: socket.socket, dst: socket.socket, index: int | None) -> None:
+    def serve(self, client: socket.socket) -> None:
+        up = socket.create_connection(("127.0.0.1", self.upstream))
+        threading.Thread(target=self._pump, args=(up, client), daemon=True).start()
+        self._pump(client, up, record=True)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, record: bool = False) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if index is not None and len(self.sent[index]) < 4096:
-                    self.sent[index] += data
+                if record and len(self._sent.get(src, b"")) < 4096:
+                    self._sent[src] = self._sent.get(src, b"") + data
                 dst.sendall(data)
         except OSError:
             pass
@@ -458,18 +428,9 @@ class Tap:
                 except OSError:
                     pass
 
-    def close(self) -> None:
-        self.listener.close()
-
 
 # --------------------------------------------------------------------------------------------------
 # Real proxy servers
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class ProxyServer:
     """pproxy (a real multi-protocol proxy server) in a subprocess, e.g. `socks5://127.0.0.1:PORT#user:pass`."""
@@ -483,26 +444,13 @@ class ProxyServer:
             args += ["--ssl", f"{cert},{key}"]
         self.log = tempfile.NamedTemporaryFile(prefix="pw-pproxy-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        raise RuntimeError(f"pproxy did not start: {Path(self.log.name).read_text()}")
+        wait_for_port(self.port, "pproxy", 10, proc=self.proc, log=self.output)
 
     def output(self) -> str:
         return Path(self.log.name).read_text()
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 5)
         os.unlink(self.log.name)
 
 

@@ -28,9 +28,8 @@ import struct
 import subprocess
 import tempfile
 import threading
-import time
 
-from conftest import free_port
+from conftest import TcpPeer, free_port, stop_process, wait_ready
 
 KAFKA_SCRAM_FAILED = ("Authentication failed during authentication due to invalid credentials with SASL "
                       "mechanism {}")  # Apache Kafka's SaslAuthenticate error message
@@ -147,16 +146,7 @@ class Tansu:
                 "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
                 "--storage-engine", "memory://tansu/"] + (["--authentication"] if self.authentication else [])
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tansu exited: {self.output()}")
-            try:
-                api_versions(self.port, 0.5)
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"tansu did not answer: {self.output()}")
+        wait_ready(lambda: bool(api_versions(self.port, 0.5)), "tansu", 15, proc=self.proc, log=self.output)
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         subprocess.run([tansu_binary(), "topic", "create", "--broker", f"tcp://127.0.0.1:{self.port}", name,
@@ -173,13 +163,7 @@ class Tansu:
         return self.log.read().decode("utf-8", "replace")[-2000:]
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
         self.log.close()
 
@@ -199,7 +183,7 @@ class ScramUser:
         self.server_key = hmac.digest(salted, b"Server Key", self.hash)
 
 
-class KafkaFront:
+class KafkaFront(TcpPeer):
     """Accepts Kafka clients (optionally over TLS), runs SaslHandshake/SaslAuthenticate itself when
     `users` is given, then relays each request to `upstream` and its answer back.
 
@@ -222,28 +206,16 @@ class KafkaFront:
         self._lock = threading.Lock()
         self._credentials = {key: password for key, password in (users or {}).items()}
         self._scram: dict[tuple[str, str], ScramUser] = {}
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(backlog=128)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self._stopped = True
-        self._listener.close()
+        self.close()
 
-    def _accept(self) -> None:
-        while not self._stopped:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
-
-    def _serve(self, sock: socket.socket) -> None:
+    def serve(self, sock: socket.socket) -> None:
         with self._lock:
             self.active += 1
         upstream = None

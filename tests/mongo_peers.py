@@ -16,14 +16,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
-import pytest
+
+from conftest import free_port, skip_or_fail, stop_process, wait_for_port
 
 # Users created in every server: (name, password, database the user is defined in, roles)
 USERS = {
@@ -33,11 +33,6 @@ USERS = {
 }
 PASSWORDS = [password for password, _, _ in USERS.values()]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server_command() -> list[str] | None:
@@ -50,9 +45,7 @@ def require_secantus() -> list[str]:
     """The server command; skips the test when SecantusDB is missing, fails under CI=true."""
     command = _server_command()
     if command is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("secantusd-py (pip package secantusdb) is required under CI")
-        pytest.skip("secantusd-py is not installed (pip install --pre secantusdb)")
+        skip_or_fail("secantusd-py is not installed (pip install --pre secantusdb)")
     return command
 
 
@@ -85,16 +78,7 @@ class Secantus:
         log = open(os.path.join(self.dir, "log"), "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"secantusd-py exited: {self.log()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("secantusd-py did not start listening")
+        wait_for_port(self.port, "secantusd-py", 30, proc=self.proc, log=lambda: self.log()[-2000:])
 
     def _provision(self) -> None:
         import pymongo
@@ -112,13 +96,7 @@ class Secantus:
             return ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
     def cleanup(self) -> None:

@@ -18,30 +18,11 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
+
+from conftest import free_port, stop_process, wait_for_port
 
 USER, PASSWORD = "tester", "Mqtt-Pass-4c9e21"
 ALL_PASSWORDS = (PASSWORD,)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, log: str) -> None:
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            with open(log, encoding="utf-8", errors="replace") as fh:
-                raise RuntimeError(f"mosquitto exited with {proc.returncode}: {fh.read()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"mosquitto did not listen on {port}")
 
 
 class Mosquitto:
@@ -80,22 +61,20 @@ class Mosquitto:
         self.proc = subprocess.Popen(["mosquitto", "-c", self._path("mosquitto.conf")], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         for port in (self.port, self.tls_port, self.anon_port):
-            _wait_port(port, self.proc, self.log_path)
+            wait_for_port(port, "mosquitto", 10, proc=self.proc, log=lambda: self.log()[-2000:])
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
     def log(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError:  # not yet written
+            return ""
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         shutil.rmtree(self.dir, True)
 
 

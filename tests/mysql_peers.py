@@ -16,7 +16,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
+
+from conftest import free_port, stop_process, wait_ready
 
 SHARED_HOST, SHARED_PORT = "127.0.0.1", 3306
 PASSWORD = "pw-Maria-7c1e94d2"  # every test user's; must never show up in a result or a log line
@@ -88,7 +89,7 @@ class PrivateMariaDB:
         self.root = tempfile.mkdtemp(prefix="pw-mariadb-")
         self.data = os.path.join(self.root, "data")
         self.socket = os.path.join(self.root, "mysqld.sock")
-        self.port = _free_port()
+        self.port = free_port()
         self.ca = trustme.CA(organization_name="Peekaping MariaDB Test CA")
         self.ca_file = self._write("ca.pem", self.ca.cert_pem.bytes())
         leaf = self.ca.issue_cert("localhost")  # no IP address in its SANs
@@ -118,21 +119,20 @@ class PrivateMariaDB:
              f"--ssl-cert={self._cert}", f"--ssl-key={self._key}",
              "--plugin-load-add=auth_ed25519", *small],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while True:
-            try:
-                self.sql("SELECT 1")
-                break
-            except Exception:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"mariadbd did not start: {self.log()}") from None
-                time.sleep(0.1)
+        wait_ready(self._answers, "mariadbd", 60, proc=self.proc, log=self.log, interval=0.1)
         self.sql("CREATE DATABASE app", "CREATE TABLE app.items (id INT PRIMARY KEY)",
                  "INSERT INTO app.items VALUES (1), (2), (3)",
                  f"CREATE USER 'plain'@'%' IDENTIFIED BY '{PASSWORD}'",
                  f"CREATE USER 'sslonly'@'%' IDENTIFIED BY '{PASSWORD}' REQUIRE SSL",
                  f"CREATE USER 'eduser'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('{ED_PASSWORD}')",
                  *(f"GRANT SELECT ON app.* TO '{user}'@'%'" for user in ("plain", "sslonly", "eduser")))
+
+    def _answers(self) -> bool:
+        try:
+            self.sql("SELECT 1")
+        except Exception:  # pymysql's errors while it starts
+            return False
+        return True
 
     def sql(self, *statements: str) -> list:
         """Run statements as root over the Unix socket; the rows of the last one."""
@@ -156,13 +156,7 @@ class PrivateMariaDB:
             return ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 30)
         self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -170,8 +164,3 @@ class PrivateMariaDB:
 def _tool(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

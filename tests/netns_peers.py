@@ -172,13 +172,9 @@ class Lab:
         return python, str(staged / "tests" / "netns_peers.py")
 
     def cleanup(self) -> None:
-        if self.responder is not None and self.responder.poll() is None:
-            self.responder.terminate()
-            try:
-                self.responder.wait(5)
-            except subprocess.TimeoutExpired:
-                self.responder.kill()
-                self.responder.wait()
+        from conftest import stop_process  # not at the top: this file also runs alone, as a copy, in a namespace
+
+        stop_process(self.responder, 5)
         for ns in (self.client, self.peer, self.plain):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)

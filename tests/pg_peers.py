@@ -14,9 +14,10 @@ import importlib.util
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
+
+from conftest import free_port
 
 PASSWORD = "pw-Scram-9f31c7"  # of monitor, sslonly and nossl; must never show up in a result or a log line
 USERS = ("monitor", "sslonly", "nossl")
@@ -55,11 +56,6 @@ def missing_reason() -> str | None:
         return "trustme is not installed"
     return None
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:

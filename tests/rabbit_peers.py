@@ -18,9 +18,10 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
+
+from conftest import TcpPeer, free_port, wait_ready
 
 USER, PASSWORD = "pw-admin", "Rabbit-Pass-6c1e9b"  # a management user created on the private node
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"  # Debian: the real scripts (/usr/sbin's wrappers switch to user rabbitmq)
@@ -29,11 +30,6 @@ RABBIT_BIN = "/usr/lib/rabbitmq/bin"  # Debian: the real scripts (/usr/sbin's wr
 class NodeError(Exception):
     """The private node could not be started; the text says why."""
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tool(name: str) -> str | None:
@@ -78,16 +74,10 @@ class RabbitNode:
             self.proc = subprocess.Popen([self.server], cwd=self.dir, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         atexit.register(self.stop)  # also when the test run is cut short
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise NodeError(f"rabbitmq-server exited with {self.proc.returncode}: {self._tail()}")
-            if self.status("guest", "guest")[0] == 200:
-                self.ctl("add_user", USER, PASSWORD)
-                self.ctl("set_user_tags", USER, "monitoring")
-                return
-            time.sleep(0.2)
-        raise NodeError(f"the management API did not answer within {timeout:.0f} s: {self._tail()}")
+        wait_ready(lambda: self.status("guest", "guest")[0] == 200, "the management API of rabbitmq-server", timeout,
+                   proc=self.proc, log=self._tail, error=NodeError, interval=0.2)
+        self.ctl("add_user", USER, PASSWORD)
+        self.ctl("set_user_tags", USER, "monitoring")
 
     def _write_files(self) -> None:
         import trustme
@@ -174,30 +164,17 @@ class RabbitNode:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class HttpPeer:
+class HttpPeer(TcpPeer):
     """A scripted HTTP server: records each request head and answers it with `reply` (None: never
     answers, holding the connection), then closes the connection."""
 
     def __init__(self, reply: bytes | None) -> None:
         self.reply = reply
         self.requests: list[bytes] = []
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
+        super().__init__()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(10)
             head = b""
@@ -211,16 +188,12 @@ class HttpPeer:
                 return
             self.requests.append(head)
             if self.reply is None:
-                self._closed.wait(30)
+                self.stopped.wait(30)
                 return
             try:
                 conn.sendall(self.reply)
             except OSError:
                 pass
-
-    def close(self) -> None:
-        self._closed.set()
-        self.listener.close()
 
 
 def response(status: str, body: bytes = b"", content_type: str = "application/json", length: int | None = None) -> bytes:

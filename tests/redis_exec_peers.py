@@ -13,9 +13,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
+
+from conftest import TcpPeer, free_port, stop_process, wait_ready
 
 PASSWORD = "Req-Pass-7f3a9c"  # requirepass of the default user
 ALICE, ALICE_PASSWORD = "alice", "Alice-Pass-51be0d"  # an ACL user
@@ -23,11 +24,6 @@ CAROL, CAROL_PASSWORD = "carol", "Carol-Pass-3c81f7"  # an ACL user who may not 
 SCRIPTED_PASSWORD = "Scripted-Pass-9d2e44"
 ALL_PASSWORDS = (PASSWORD, ALICE_PASSWORD, CAROL_PASSWORD, SCRIPTED_PASSWORD)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -87,20 +83,19 @@ class RedisPeer:
             args += ["--user", ALICE, "on", f">{ALICE_PASSWORD}", "~*", "&*", "+@all",
                      "--user", CAROL, "on", f">{CAROL_PASSWORD}", "~*", "&*", "+@all", "-select"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                if self.command("PING") in ("PONG", "NOAUTH Authentication required."):
-                    return
-            except OSError:
-                time.sleep(0.05)
+        try:
+            wait_ready(lambda: self.command("PING") in ("PONG", "NOAUTH Authentication required."), "redis-server",
+                       10, proc=self.proc, log=self._log)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _log(self) -> str:
         try:
             with open(os.path.join(self.dir, "log")) as fh:
-                log = fh.read()[-2000:]
+                return fh.read()[-2000:]
         except OSError:
-            log = ""
-        self.stop()
-        raise RuntimeError(f"redis-server did not start: {log}")
+            return ""
 
     def command(self, *args: str) -> str:
         """One command on a fresh plain connection (authenticated when the peer has a password): the
@@ -124,9 +119,7 @@ class RedisPeer:
         raise KeyError(field)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -138,31 +131,17 @@ def _pack(*args: str) -> bytes:
     return b"".join(out)
 
 
-class ScriptedServer:
+class ScriptedServer(TcpPeer):
     """A TCP server answering each chunk it receives on a connection with the next scripted reply
-    (closing the connection when the script is done or the reply is None); records what arrived."""
+    (closing the connection when the script is done or the reply is None); records what arrived and
+    counts the `connections`."""
 
     def __init__(self, script: list[bytes | None]) -> None:
         self.script = script
         self.received: list[bytes] = []
-        self.connections = 0
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(backlog=16)
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(10)
             for reply in self.script:
@@ -177,7 +156,3 @@ class ScriptedServer:
                     return
                 conn.sendall(reply)
             time.sleep(0.2)  # the client closes first after a complete script
-
-    def close(self) -> None:
-        self._closed = True
-        self.listener.close()

@@ -15,9 +15,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 
-import pytest
+from conftest import require_program, stop_process, wait_ready
 
 COMMUNITY = "public"
 BASE = "1.3.6.1.4.1.99999.1"  # fixed values set with `override` (numeric OIDs: no MIBs are loaded)
@@ -112,14 +111,8 @@ class SnmpAgent:
             [shutil.which("snmpd"), "-C", "-c", conf, "-f", "-Lf", log, "-p", os.path.join(self.dir, "pid"),
              "-I", "-smux,agentx", f"--persistentDir={persist}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"snmpd exited: {self.log()}")
-            if "NET-SNMP version" in self.log():  # logged once the agent listens
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"snmpd did not start: {self.log()}")
+        # "NET-SNMP version" is logged once the agent listens
+        wait_ready(lambda: "NET-SNMP version" in self.log(), "snmpd", 15, proc=self.proc, log=self.log)
 
     def log(self) -> str:
         try:
@@ -129,13 +122,7 @@ class SnmpAgent:
             return ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -148,10 +135,7 @@ def agent() -> SnmpAgent:
     not installed, fails under CI=true."""
     global _agent
     if _agent is None:
-        if shutil.which("snmpd") is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("snmpd (Debian package snmpd) is required under CI")
-            pytest.skip("snmpd is not installed (Debian package snmpd)")
+        require_program("snmpd", "snmpd")
         started = SnmpAgent()
         started.start()
         atexit.register(started.stop)

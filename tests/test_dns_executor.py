@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import socket
 import time
 
@@ -17,20 +15,16 @@ import dns.message
 import pytest
 import uvloop
 
-import asynq_protocol as aq
 import healthcheck
-import worker
 from dns_peers import BIG_TXT, Nsd, StubDns, free_port
 from executors import DOWN, UP, Monitor
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
+from conftest import require_program
+from helpers import healthcheck_payload, one_result_each, run_through_worker
 
 
 @pytest.fixture(scope="module")
 def nsd():
-    if shutil.which("nsd") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nsd is required under CI (apt-get install nsd)")
-        pytest.skip("nsd is not installed (apt-get install nsd)")
+    require_program("nsd", "nsd")
     server = Nsd()
     server.start()
     yield server
@@ -270,39 +264,18 @@ def test_every_type_on_uvloop_as_in_the_worker(nsd):
 # --------------------------------------------------------------------------------------------------
 # 100 checks through Redis and the real handler at concurrency 64.
 
-@pytest.fixture
-async def client(redis):
-    broker = aq.Broker(redis)
-    yield aq.Client(broker)
-    await broker.close()
-
-
-async def test_100_tasks_at_concurrency_64_give_one_result_each(nsd, redis, client):
-    expected = {}
+async def test_100_tasks_at_concurrency_64_give_one_result_each(nsd, redis):
+    payloads, expected = [], {}
     for i in range(100):
         host, resolve_type, message = UP_CASES[i % len(UP_CASES)]
         if i % 7 == 0:
             host, message = "missing.peek.test", (f"DNS lookup failed: lookup missing.peek.test on "
                                                   f"127.0.0.1:{nsd.port}: no such host")
             resolve_type = "A"
-        config = doc(host, resolve_type, nsd.port)
-        await enqueue_healthcheck(client, healthcheck_payload("dns", config, monitor_id=f"m{i}", timeout=5),
-                                  monitor_id=f"m{i}", timeout=5)
+        payloads.append(healthcheck_payload("dns", doc(host, resolve_type, nsd.port), monitor_id=f"m{i}", timeout=5))
         expected[f"m{i}"] = message
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 30)
-        await wait_until(lambda: _ingested(redis, 100), 10)
-    seen: dict[str, str] = {}
-    for raw in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8"))  # strict UTF-8 JSON
-        assert body["monitor_id"] not in seen and body["monitor_type"] == "dns"
+    seen = one_result_each(await run_through_worker(redis, payloads))
+    for body in seen.values():
+        assert body["monitor_type"] == "dns"
         assert body["status"] == (DOWN if body["message"].startswith("DNS lookup failed") else UP)
-        seen[body["monitor_id"]] = body["message"]
-    assert seen == expected
-
-
-async def _ingested(redis, n: int) -> bool:
-    return await redis.llen("asynq:{ingester}:pending") >= n
+    assert {monitor_id: body["message"] for monitor_id, body in seen.items()} == expected

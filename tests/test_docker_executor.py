@@ -17,19 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, skip_or_fail
 from docker_peers import DaemonError, DockerDaemon, Pki, TlsListener
-from helpers import (
-    enqueue_healthcheck,
-    healthcheck_payload,
-    queue_empty,
-    running_server,
-    wait_until,
-)
+from helpers import healthcheck_payload, one_result_each, run_through_worker
 
-import asynq_protocol as aq
 import healthcheck
-import worker
 from executors import DOWN, PENDING, UP, Monitor
 from executors.docker import HINTS, judge
 
@@ -49,9 +41,7 @@ def daemon(pki):
         server.create_containers()
     except DaemonError as exc:
         server.stop()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"dockerd is required under CI and could not be started: {exc}")
-        pytest.skip(f"dockerd cannot run here: {exc}")
+        skip_or_fail(f"dockerd cannot run here: {exc}")
     yield server
     server.stop()
 
@@ -332,37 +322,16 @@ def test_verdicts_no_daemon_produces():
 # --------------------------------------------------------------------------------------------------
 # 100 checks through Redis and the real handler at concurrency 64
 
-@pytest.fixture
-async def client(redis):
-    broker = aq.Broker(redis)
-    yield aq.Client(broker)
-    await broker.close()
-
-
-async def test_100_tasks_at_concurrency_64_give_one_result_each(daemon, redis, client):
+async def test_100_tasks_at_concurrency_64_give_one_result_each(daemon, redis):
     cases = [("pk-running", UP, "running"), ("pk-exited", DOWN, "container state is exited (exit code 3)"),
              ("pk-nope", DOWN, "container inspect error: Error response from daemon: No such container: pk-nope"),
              ("pk-starting", PENDING, "starting")]
-    expected = {}
+    payloads, expected = [], {}
     for i in range(100):
         container, status, message = cases[i % len(cases)]
         config = socket_config(daemon, container) if i % 5 else tls_config(daemon, container)
-        await enqueue_healthcheck(client, healthcheck_payload("docker", config, monitor_id=f"m{i}", timeout=10),
-                                  monitor_id=f"m{i}", timeout=10)
+        payloads.append(healthcheck_payload("docker", config, monitor_id=f"m{i}", timeout=10))
         expected[f"m{i}"] = (status, message)
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 60)
-        await wait_until(lambda: _ingested(redis, 100), 10)
-    seen: dict[str, tuple] = {}
-    for raw in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8"))  # strict UTF-8 JSON
-        assert body["monitor_id"] not in seen and body["monitor_type"] == "docker"
-        seen[body["monitor_id"]] = (body["status"], body["message"])
-    assert seen == expected
-
-
-async def _ingested(redis, n: int) -> bool:
-    return await redis.llen("asynq:{ingester}:pending") >= n
+    seen = one_result_each(await run_through_worker(redis, payloads, timeout=60))
+    assert all(body["monitor_type"] == "docker" for body in seen.values())
+    assert {monitor_id: (body["status"], body["message"]) for monitor_id, body in seen.items()} == expected

@@ -12,28 +12,15 @@ import os
 import time
 
 import pytest
+from conftest import free_port, require_modules
 
-try:
-    import grpc  # noqa: F401  (the servers)
-    import grpc_tools  # noqa: F401  (protoc)
-    import trustme  # noqa: F401
-    MISSING = ""
-except ImportError as exc:  # the test extra is not installed
-    MISSING = str(exc)
+# the servers (grpcio, grpcio-health-checking, grpcio-reflection), protoc (grpcio-tools), the test CA
+require_modules("grpc", "grpc_health", "grpc_reflection", "grpc_tools", "trustme", install="pip install '.[test]'")
 
-if MISSING and os.environ.get("CI") == "true":
-    raise RuntimeError(f"the gRPC tests need the test extra (grpcio, grpcio-tools, grpcio-health-checking, "
-                       f"grpcio-reflection, trustme) under CI: {MISSING}")
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"test extra missing: {MISSING}")
-
-import asynq_protocol as aq  # noqa: E402
 import healthcheck  # noqa: E402
-import worker  # noqa: E402
 from executors import DOWN, UP, Monitor  # noqa: E402
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until  # noqa: E402
-
-if not MISSING:
-    from grpc_peers import SHOP, SHOP_PROTO, Peers, free_port, protoc_pool
+from grpc_peers import SHOP, SHOP_PROTO, Peers, protoc_pool  # noqa: E402
+from helpers import healthcheck_payload, one_result_each, run_through_worker  # noqa: E402
 
 HEALTH_PROTO = ('syntax = "proto3";\npackage grpc.health.v1;\nservice Health {\n'
                 '  rpc Check(HealthCheckRequest) returns (HealthCheckResponse);\n'
@@ -405,14 +392,7 @@ def test_proto_reader_builds_what_protoc_builds():
 # --------------------------------------------------------------------------------------------------
 # 100 checks through Redis and the real handler at concurrency 64
 
-@pytest.fixture
-async def client(redis):
-    broker = aq.Broker(redis)
-    yield aq.Client(broker)
-    await broker.close()
-
-
-async def test_100_tasks_at_concurrency_64_give_one_result_each(peers, redis, client):
+async def test_100_tasks_at_concurrency_64_give_one_result_each(peers, redis):
     cases = [
         (cfg(peers.plain_port), UP, f"gRPC call successful: {SERVING}"),
         (cfg(peers.plain_port, body='{"service": "down"}'), DOWN, "gRPC health check failed: NOT_SERVING"),
@@ -421,29 +401,15 @@ async def test_100_tasks_at_concurrency_64_give_one_result_each(peers, redis, cl
         (cfg(peers.plain_port, "Shop", "Ping", "", proto=SHOP_PROTO), UP, 'gRPC call successful: {"message": "pong"}'),
     ]
     closed = free_port()
-    expected = {}
+    payloads, expected = [], {}
     for i in range(100):
         config, status, message = cases[i % len(cases)]
         if i % 10 == 9:
             config, status = cfg(closed), DOWN
             message = f"gRPC call failed: UNAVAILABLE: dial tcp 127.0.0.1:{closed}: connect: connection refused"
         kind = "grpc" if i % 2 else "grpc-keyword"
-        await enqueue_healthcheck(client, healthcheck_payload(kind, config, monitor_id=f"m{i}", timeout=5),
-                                  monitor_id=f"m{i}", timeout=5)
+        payloads.append(healthcheck_payload(kind, config, monitor_id=f"m{i}", timeout=5))
         expected[f"m{i}"] = (kind, status, message)
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 30)
-        await wait_until(lambda: _ingested(redis, 100), 10)
-    seen: dict[str, tuple] = {}
-    for raw in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8"))  # strict UTF-8 JSON
-        assert body["monitor_id"] not in seen
-        seen[body["monitor_id"]] = (body["monitor_type"], body["status"], body["message"])
-    assert seen == expected
-
-
-async def _ingested(redis, n: int) -> bool:
-    return await redis.llen("asynq:{ingester}:pending") >= n
+    seen = one_result_each(await run_through_worker(redis, payloads))
+    assert {monitor_id: (body["monitor_type"], body["status"], body["message"])
+            for monitor_id, body in seen.items()} == expected

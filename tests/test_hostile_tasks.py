@@ -70,7 +70,7 @@ async def test_unexpected_exception_is_a_down_result_logged_once_without_traceba
     assert down["status"] == 0
     assert down["message"].startswith("broken check failed: unexpected ValueError at broken_executor.py:")
     assert down["message"].endswith("invalid literal for int() with base 10: '***'")
-    assert SECRET in down["monitor_config"] and SECRET not in down["message"]  # the config itself is passed through
+    assert SECRET not in down["message"] and SECRET not in down["monitor_config"]  # masked there too
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.getMessage() for r in errors] == ["check raised an unexpected exception; reporting DOWN"]
     assert errors[0].exc_info is None and errors[0].fields["error"].startswith("ValueError at broken_executor.py:")

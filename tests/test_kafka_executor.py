@@ -10,17 +10,15 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import re
 import time
 
 import pytest
 
-import asynq_protocol as aq
 import healthcheck
-import worker
 from executors import DOWN, UP, Monitor
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
+from conftest import require
+from helpers import assert_no_secret, connections_to, cycled, one_result_each, run_through_worker, wait_until
 from kafka_peers import (KAFKA_PLAIN_FAILED, KAFKA_SCRAM_FAILED, FrontedTansu, KafkaFront, Tansu,
                          missing_reason)
 
@@ -35,18 +33,10 @@ TLS_PASSWORD = "pw-TlsScram-0b3e"
 USERS = {(mechanism, "probe"): password for mechanism, password in PASSWORDS.items()}
 
 
-def _require() -> None:
-    reason = missing_reason()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"required under CI: {reason}")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def tansu():
     """A plain broker with topics `health` (1 partition) and `spread` (3 partitions)."""
-    _require()
+    require(missing_reason())
     broker = Tansu()
     broker.start()
     broker.create_topic("health", 1)
@@ -58,7 +48,7 @@ def tansu():
 @pytest.fixture(scope="module")
 def sasl():
     """A front requiring SASL (PLAIN and SCRAM-SHA-256/512, user `probe`) before a tansu."""
-    _require()
+    require(missing_reason())
     peer = FrontedTansu(users=USERS)
     peer.start({"health": 1})
     yield peer
@@ -67,7 +57,7 @@ def sasl():
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory):
-    _require()
+    require(missing_reason())
     import trustme
     authority = trustme.CA()
     path = tmp_path_factory.mktemp("kafka-ca") / "ca.pem"
@@ -91,7 +81,7 @@ def tls(ca):
 @pytest.fixture(scope="module")
 def secured():
     """A tansu requiring SASL itself (its own SCRAM server; no user can be created in it here)."""
-    _require()
+    require(missing_reason())
     broker = Tansu(authentication=True)
     broker.start()
     yield broker
@@ -203,7 +193,7 @@ async def test_a_leader_that_never_answers_is_gos_send_timeout(open_port):
         broker.stop()
     assert (result.status, result.message) == (DOWN, "Message send timeout after 2s")
     assert elapsed <= 2 + MARGIN
-    assert not _connections_to(open_port)  # the check's sockets are closed when it returns
+    assert not connections_to(open_port)  # the check's sockets are closed when it returns
 
 
 async def test_a_message_over_sarama_limit_is_refused_before_sending(tansu):
@@ -230,12 +220,7 @@ async def test_a_broker_that_accepts_and_never_answers_is_down_within_the_timeou
     assert re.fullmatch(rf"{re.escape(OUT)}read tcp 127\.0\.0\.1:\d+->127\.0\.0\.1:{open_port}: i/o timeout",
                         result.message), result.message
     assert elapsed <= 2 + MARGIN
-    assert not _connections_to(open_port)
-
-
-def _connections_to(port: int) -> list:
-    import psutil
-    return [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port]
+    assert not connections_to(open_port)
 
 
 async def test_a_blackholed_broker_is_a_dial_timeout(hanging_port):
@@ -422,14 +407,7 @@ async def test_web_form_defaults_and_empty_brokers(tansu):
 # --------------------------------------------------------------------------------------------------
 # 100 checks through Redis and the real handler at concurrency 64
 
-@pytest.fixture
-async def client(redis):
-    broker = aq.Broker(redis)
-    yield aq.Client(broker)
-    await broker.close()
-
-
-async def test_100_tasks_at_concurrency_64_give_one_result_each(tansu, sasl, closed_port, redis, client, caplog):
+async def test_100_tasks_at_concurrency_64_give_one_result_each(tansu, sasl, closed_port, redis, caplog):
     caplog.set_level(logging.DEBUG)
     cases = [
         (cfg(tansu.address), UP, "Message sent successfully to topic 'health'"),
@@ -441,33 +419,11 @@ async def test_100_tasks_at_concurrency_64_give_one_result_each(tansu, sasl, clo
         (cfg(tansu.address, "nowhere-100", allow_auto_topic_creation=False), DOWN, UNKNOWN_TOPIC),
         (cfg(f"127.0.0.1:{closed_port}"), DOWN, f"{OUT}dial tcp 127.0.0.1:{closed_port}: connect: connection refused"),
     ]
-    expected = {}
-    for i in range(100):
-        config, status, text = cases[i % len(cases)]
-        await enqueue_healthcheck(client, healthcheck_payload("kafka-producer", config, monitor_id=f"k{i}", timeout=5),
-                                  monitor_id=f"k{i}", timeout=5)
-        expected[f"k{i}"] = (status, text)
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 30)
-        await wait_until(lambda: _ingested(redis, 100), 10)
-    seen = {}
-    secrets = list(PASSWORDS.values())
-    for raw in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8"))  # strict UTF-8
-        assert body["monitor_id"] not in seen and body["monitor_type"] == "kafka-producer"
-        produced_text = json.dumps({k: v for k, v in body.items() if k != "monitor_config"}, ensure_ascii=False)
-        assert not any(secret in produced_text for secret in secrets)  # only in the config echoed back
-        seen[body["monitor_id"]] = body
+    payloads, expected = cycled("kafka-producer", cases, "k")
+    seen = one_result_each(await run_through_worker(redis, payloads))
     assert sorted(seen) == sorted(expected)
     for monitor_id, (status, text) in expected.items():
         body = seen[monitor_id]
+        assert body["monitor_type"] == "kafka-producer"
         assert body["status"] == status and body["message"].startswith(text), (monitor_id, body["message"])
-    logged = "\n".join(record.getMessage() + repr(getattr(record, "fields", "")) for record in caplog.records)
-    assert caplog.records and not any(secret in logged for secret in secrets)
-
-
-async def _ingested(redis, n: int) -> bool:
-    return await redis.llen("asynq:{ingester}:pending") >= n
+    assert_no_secret(PASSWORDS.values(), seen.values(), caplog, logged=True)  # only in the config echoed back

@@ -7,36 +7,30 @@ server, TLS, no connection outliving its check, and 100 tasks through Redis at c
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import os
 import time
 
-import psutil
 import pytest
 import trustme
 
-try:
-    import pymongo  # noqa: F401 (the `databases` extra)
-except ImportError:
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("pymongo is not installed (pip install '.[databases]')", allow_module_level=True)
+from conftest import free_port, require_modules
 
-import asynq_protocol as aq
-import healthcheck
-import worker
-from executors import DOWN, UP, Monitor, mongodb
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
-from mongo_peers import PASSWORDS, USERS, Secantus, SrvDns, free_port
+require_modules("pymongo", install="pip install '.[databases]'")
+
+import healthcheck  # noqa: E402
+import worker  # noqa: E402
+from executors._kit.redact import masked_config  # noqa: E402
+from executors import DOWN, UP, Monitor, mongodb  # noqa: E402
+from helpers import (INGEST_KEYS, assert_no_secret, connections_to, healthcheck_payload,  # noqa: E402
+                     one_result_each, run_through_worker)
+from mongo_peers import PASSWORDS, USERS, Secantus, SrvDns  # noqa: E402
 
 MARGIN = 0.5  # seconds a check may run past its monitor timeout before a test calls it late
 ALICE_PW, BOB_PW = USERS["alice"][0], USERS["bob"][0]
 FAILED = "MongoDB command failed: failed to execute MongoDB command: "
-INGEST_KEYS = ["monitor_id", "monitor_name", "monitor_type", "monitor_interval", "monitor_timeout",
-               "monitor_max_retries", "monitor_retry_interval", "monitor_resend_interval", "monitor_config",
-               "status", "message", "ping_ms", "start_time", "end_time", "is_under_maintenance", "check_cert_expiry"]
+
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -383,10 +377,10 @@ async def test_command_that_never_returns_ends_down_within_the_timeout(server):
         admin.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn",
                              "data": {"failCommands": ["dbStats"], "blockConnection": True, "blockTimeMS": 8000}})
         try:
-            admins = {c.laddr for c in _connections_to(server.port)}
+            admins = {c.laddr for c in connections_to(server.port)}
             result, seconds = await run(config(alice(server), '{"dbStats": 1}'), timeout=2)
             await asyncio.sleep(0.05)
-            assert {c.laddr for c in _connections_to(server.port)} == admins  # the check's are all closed
+            assert {c.laddr for c in connections_to(server.port)} == admins  # the check's are all closed
         finally:
             admin.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
     assert (result.status, result.message) == (DOWN, FAILED + "context deadline exceeded")
@@ -490,13 +484,9 @@ async def test_tls_unknown_authority_and_insecure(tls_server):
 # --------------------------------------------------------------------------------------------------
 # Nothing outlives a check
 
-def _connections_to(port: int) -> list:
-    return [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port]
-
-
 async def test_no_connection_or_task_outlives_its_check(server, open_port):
     tasks_before = len(asyncio.all_tasks())
-    earlier = {c.laddr for c in _connections_to(server.port)}  # an earlier test's sync client may still be closing
+    earlier = {c.laddr for c in connections_to(server.port)}  # an earlier test's sync client may still be closing
     checks = [config(alice(server), FIND, "$.ok", "1"), config(uri(server, "alice:Wrong-pw-0")),
               config(uri(server), '{"serverStatus": 1}'), config(f"mongodb://127.0.0.1:{open_port}/test")]
     results = await asyncio.gather(*(run(cfg, timeout=2) for cfg in checks))
@@ -508,7 +498,7 @@ async def test_no_connection_or_task_outlives_its_check(server, open_port):
     with pytest.raises(asyncio.CancelledError):
         await pending
     await asyncio.sleep(0.05)
-    assert {c.laddr for c in _connections_to(server.port)} <= earlier and _connections_to(open_port) == []
+    assert {c.laddr for c in connections_to(server.port)} <= earlier and connections_to(open_port) == []
     assert len(asyncio.all_tasks()) == tasks_before
 
 
@@ -541,33 +531,16 @@ def mixed_case(i: int, server, silent_port: int) -> tuple[dict, int, str, int]:
 
 async def test_100_tasks_through_redis_at_concurrency_64(redis, server, open_port, caplog):
     caplog.set_level(logging.DEBUG)
-    broker = aq.Broker(redis)
-    client = aq.Client(broker)
     cases = {f"mongo-{i}": mixed_case(i, server, open_port) for i in range(100)}
-    for monitor_id, (cfg, _, _, timeout) in cases.items():
-        await enqueue_healthcheck(client, healthcheck_payload("mongodb", cfg, monitor_id=monitor_id, timeout=timeout),
-                                  monitor_id=monitor_id, timeout=timeout)
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 60)
-    results = collections.defaultdict(list)
-    for task_id in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", task_id.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8", "strict"))
+    payloads = [healthcheck_payload("mongodb", cfg, monitor_id=monitor_id, timeout=timeout)
+                for monitor_id, (cfg, _, _, timeout) in cases.items()]
+    bodies = await run_through_worker(redis, payloads, timeout=60)
+    for body in bodies:
         assert list(body) == INGEST_KEYS and body["monitor_type"] == "mongodb"
-        results[body["monitor_id"]].append(body)
-    await broker.close()
+    results = one_result_each(bodies)
     assert sorted(results) == sorted(cases)
-    for monitor_id, (_, status, message, _) in cases.items():
-        [body] = results[monitor_id]
+    for monitor_id, (cfg, status, message, _) in cases.items():
+        body = results[monitor_id]
         assert (body["status"], body["message"]) == (status, message), monitor_id
-        # monitor_config is the task's config, verbatim by contract; nothing the worker wrote carries a password
-        assert body["monitor_config"] == json.dumps(cases[monitor_id][0])
-        written = json.dumps({key: value for key, value in body.items() if key != "monitor_config"})
-        for password in PASSWORDS:
-            assert password not in written
-    logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert logged  # pymongo's own debug logging was on
-    for password in PASSWORDS:
-        assert password not in logged
+        assert body["monitor_config"] == masked_config(json.dumps(cfg))  # the task's config, secrets masked
+    assert_no_secret(PASSWORDS, bodies, caplog, logged=True)  # pymongo's own debug logging was on

@@ -9,43 +9,33 @@ through Redis at concurrency 64."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
-import os
 import re
-import shutil
 import socket
 import time
 import uuid
 
 import pytest
 
-import asynq_protocol as aq
 import healthcheck
-import worker
+from executors._kit.redact import masked_config
 from executors import DOWN, UP, Monitor
 from executors import mqtt
 from executors._kit.gofmt import go_float64, go_json_value
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
-from mqtt_peers import ALL_PASSWORDS, PASSWORD, USER, Mosquitto, Repeater, ScriptedBroker, free_port, publish
+from conftest import free_port, require_program, skip_or_fail
+from helpers import assert_no_secret, healthcheck_payload, one_result_each, run_through_worker, wait_until
+from mqtt_peers import ALL_PASSWORDS, PASSWORD, USER, Mosquitto, Repeater, ScriptedBroker, publish
 
 SHARED_PORT = 1883
 MARGIN = 0.5  # seconds a check may end after its timeout
 LOGIN = {"username": USER, "password": PASSWORD}
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required under CI)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def broker():
     for tool in ("mosquitto", "mosquitto_passwd"):
-        if shutil.which(tool) is None:
-            _missing(f"{tool} is not installed (apt-get install mosquitto)")
+        require_program(tool, "mosquitto")
     peer = Mosquitto()
     yield peer
     peer.stop()
@@ -59,7 +49,7 @@ def shared():
     try:
         socket.create_connection(("127.0.0.1", SHARED_PORT), timeout=1).close()
     except OSError:
-        _missing("no Mosquitto listens on 127.0.0.1:1883")
+        skip_or_fail("no Mosquitto listens on 127.0.0.1:1883")
     yield SHARED_PORT
     for topic in _RETAINED:
         publish(SHARED_PORT, topic, b"", retain=True)  # an empty retained message removes it
@@ -426,35 +416,19 @@ async def test_100_tasks_through_redis_at_concurrency_64(redis, shared, broker, 
     publish(broker.port, "fleet/7/state", "online", retain=True, user=USER, password=PASSWORD)
     closed_port = free_port()
     clients_before = len(re.findall(r"New client connected .* as peekaping_", broker.log()))
-    client = aq.Client(aq.Broker(redis))
     cases = {f"mqtt-{i}": mixed_case(i, shared, broker, closed_port, topics) for i in range(100)}
-    for monitor_id, (config, _, _) in cases.items():
-        await enqueue_healthcheck(client, healthcheck_payload("mqtt", config, monitor_id=monitor_id, timeout=2),
-                                  monitor_id=monitor_id, timeout=2)
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 30)
-        await wait_until(lambda: _no_leases(redis), 10)
-    results = collections.defaultdict(list)
-    for task_id in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", task_id.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8", "strict"))
-        assert body["monitor_type"] == "mqtt" and {"status", "message", "ping_ms", "start_time"} <= set(body)
-        results[body["monitor_id"]].append(body)
+    bodies = await run_through_worker(redis, [healthcheck_payload("mqtt", config, monitor_id=monitor_id, timeout=2)
+                                              for monitor_id, (config, _, _) in cases.items()])
+    results = one_result_each(bodies)
     assert sorted(results) == sorted(cases)
     for monitor_id, (config, status, message) in cases.items():
-        [body] = results[monitor_id]
+        body = results[monitor_id]
+        assert body["monitor_type"] == "mqtt" and {"status", "message", "ping_ms", "start_time"} <= set(body)
         assert (body["status"], body["message"]) == (status, message), monitor_id
-        # the task's own config comes back in monitor_config, as the Go worker sends it; nothing else has a password
-        assert json.loads(body.pop("monitor_config")) == config
-        assert not any(p in json.dumps(body) for p in ALL_PASSWORDS), monitor_id
-    assert caplog.records and not any(p in caplog.text for p in ALL_PASSWORDS)
+        # the task's own config comes back in monitor_config, secrets masked
+        assert body["monitor_config"] == masked_config(json.dumps(config))
+    assert_no_secret(ALL_PASSWORDS, bodies, caplog, logged=True)
     # every session the checks opened on the private broker ended with a DISCONNECT
     connected = re.findall(r"New client connected .* as (peekaping_[0-9a-f]{8})", broker.log())[clients_before:]
     assert len(connected) == 33
     await logged(broker, *(f"Client {c} disconnected.\n" for c in connected))
-
-
-async def _no_leases(redis) -> bool:
-    return not await redis.exists("asynq:{healthcheck}:lease")

@@ -10,7 +10,6 @@ import asyncio
 import gc
 import json
 import logging
-import os
 import re
 import socket
 import time
@@ -18,13 +17,12 @@ import warnings
 
 import pytest
 
-import asynq_protocol as aq
 import healthcheck
-import worker
 from executors import DOWN, UP, Monitor
 from executors._kit import ed25519
 from executors._kit.gotext import go_parse_duration
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
+from conftest import require
+from helpers import assert_no_secret, cycled, one_result_each, run_through_worker, sockets_to, wait_until
 from mysql_peers import (ED_PASSWORD, PASSWORD, PrivateMariaDB, SharedUser, missing_private_reason,
                          missing_shared_reason, shared_row_count)
 
@@ -37,16 +35,10 @@ ON_TLS = ("SELECT 1 FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME =
           "AND VARIABLE_VALUE <> ''")  # one row over TLS, none without
 
 
-def _require(reason: str | None) -> None:
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"required under CI: {reason}")
-        pytest.skip(reason)
-
 
 @pytest.fixture(scope="module")
 def shared():
-    _require(missing_shared_reason())
+    require(missing_shared_reason())
     user = SharedUser()
     yield user
     user.drop()
@@ -54,7 +46,7 @@ def shared():
 
 @pytest.fixture(scope="module")
 def private():
-    _require(missing_private_reason())
+    require(missing_private_reason())
     server = PrivateMariaDB()
     try:
         server.start()
@@ -329,24 +321,6 @@ async def test_peers_that_do_not_speak_mysql(greeting, message):
     assert (result.status, result.message) == (DOWN, PING + message)
 
 
-def sockets_to(*ports: int) -> int:
-    """How many TCP sockets of this process have one of `ports` as their remote port."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    count = 0
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        with open(table) as fh:
-            for line in fh.readlines()[1:]:
-                fields = line.split()
-                count += fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) in ports
-    return count
-
 
 async def test_no_connection_outlives_its_check(private, open_port, hanging_port):
     before = sockets_to(private.port, open_port, hanging_port)  # hanging_port's own fillers
@@ -370,14 +344,7 @@ async def test_no_connection_outlives_its_check(private, open_port, hanging_port
 # --------------------------------------------------------------------------------------------------
 # 100 checks through Redis and the real handler at concurrency 64
 
-@pytest.fixture
-async def client(redis):
-    broker = aq.Broker(redis)
-    yield aq.Client(broker)
-    await broker.close()
-
-
-async def test_100_tasks_at_concurrency_64_give_one_result_each(shared, private, redis, client, caplog):
+async def test_100_tasks_at_concurrency_64_give_one_result_each(shared, private, redis, caplog):
     caplog.set_level(logging.DEBUG)
     cases = [
         ({"connection_string": shared.url(), "query": "SELECT seq FROM seq_1_to_5"}, UP, "Rows: 5"),
@@ -388,33 +355,12 @@ async def test_100_tasks_at_concurrency_64_give_one_result_each(shared, private,
         ({"connection_string": private.url(tls="skip-verify"), "query": ON_TLS}, UP, "Rows: 1"),
         ({"connection_string": private.url("eduser", ED_PASSWORD), "query": "SELECT id FROM items"}, UP, "Rows: 3"),
     ]
-    expected = {}
-    for i in range(100):
-        config, status, text = cases[i % len(cases)]
-        await enqueue_healthcheck(client, healthcheck_payload("mysql", config, monitor_id=f"m{i}", timeout=5),
-                                  monitor_id=f"m{i}", timeout=5)
-        expected[f"m{i}"] = (status, text)
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 30)
-        await wait_until(lambda: _ingested(redis, 100), 10)
-    seen = {}
-    for raw in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8"))  # strict UTF-8
-        assert body["monitor_id"] not in seen and body["monitor_type"] == "mysql"
-        produced = json.dumps({k: v for k, v in body.items() if k != "monitor_config"}, ensure_ascii=False)
-        assert PASSWORD not in produced and ED_PASSWORD not in produced  # only in the config echoed back
-        seen[body["monitor_id"]] = body
+    payloads, expected = cycled("mysql", cases, "m")
+    seen = one_result_each(await run_through_worker(redis, payloads))
     assert sorted(seen) == sorted(expected)
     for monitor_id, (status, text) in expected.items():
         body = seen[monitor_id]
+        assert body["monitor_type"] == "mysql"
         assert body["status"] == status, (monitor_id, body["message"])
         assert (body["message"].endswith(text) if status == UP else body["message"].startswith(text)), body["message"]
-    logged = "\n".join(record.getMessage() + repr(getattr(record, "fields", "")) for record in caplog.records)
-    assert PASSWORD not in logged and ED_PASSWORD not in logged
-
-
-async def _ingested(redis, n: int) -> bool:
-    return await redis.llen("asynq:{ingester}:pending") >= n
+    assert_no_secret((PASSWORD, ED_PASSWORD), seen.values(), caplog)  # only in the config echoed back

@@ -19,16 +19,12 @@ from pathlib import Path
 
 import pytest
 
-import asynq_protocol as aq
-import healthcheck
-import worker
-from conftest import ROOT
+from conftest import ROOT, require
 from executors import DOWN, UP, ConfigError, Monitor
 from executors import ping
 from executors._kit import icmp
-from executors._kit.gojson import decode_struct
 from executors._kit.gotext import go_duration
-from helpers import enqueue_healthcheck, healthcheck_payload, running_server, wait_until
+from helpers import healthcheck_payload, run_through_worker
 from netns_peers import (ANSWERING, PLAIN, PROHIBITED_V6, ROUTER_V4, SILENT, SILENT_DECOYED, UNREACHABLE_V6, V6_NET,
                          Lab, missing_tools, prohibited_v4, unreachable_v4)
 
@@ -38,11 +34,7 @@ NO_REPLY = "Ping failed: no response received"
 
 
 def require_tools() -> None:
-    why = missing_tools()
-    if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"ping tests under CI: {why}")
-        pytest.skip(why)
+    require(missing_tools())
 
 
 @pytest.fixture(scope="module")
@@ -263,39 +255,18 @@ def test_check_command_prints_the_phase_timings(lab):
 # --------------------------------------------------------------------------------------------------
 # Through Redis
 
-INGEST_SCHEMA = {"monitor_id": str, "monitor_name": str, "monitor_type": str, "monitor_interval": int,
-                 "monitor_timeout": int, "monitor_max_retries": int, "monitor_retry_interval": int,
-                 "monitor_resend_interval": int, "monitor_config": str, "status": int, "message": str,
-                 "ping_ms": int, "start_time": str, "end_time": str, "is_under_maintenance": bool,
-                 "tls_info": dict, "check_cert_expiry": bool}
-
 
 async def test_100_tasks_through_redis_at_concurrency_64_give_one_result_each(redis):
     require_tools()
-    broker = aq.Broker(redis)
-    client = aq.Client(broker)
     ids = [f"ping-{i}" for i in range(100)]
+    payloads = []
     for i, monitor_id in enumerate(ids):
         kind, host = ("ping", "127.0.0.1") if i % 2 else ("icmp", "::1")
-        payload = healthcheck_payload(kind, {"host": host, "packet_size": 8 * (i % 3)}, monitor_id=monitor_id,
-                                      timeout=5)
-        await enqueue_healthcheck(client, payload, monitor_id, timeout=5)
-    handler = healthcheck.healthcheck_handler(client)
-    async with running_server(redis, {worker.HEALTHCHECK_TASK: handler}, queues={"healthcheck": 1}, concurrency=64):
-        await wait_until(lambda: _ingested(redis, 100), 30)
-    bodies = []
-    for raw_id in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw_id.decode()), "msg"))
-        text = msg.payload.decode("utf-8")  # strict UTF-8
-        decode_struct(text, INGEST_SCHEMA, "IngesterPayload", strict=True)  # no key the Go ingester lacks
-        bodies.append(json.loads(text))
-    await broker.close()
+        payloads.append(healthcheck_payload(kind, {"host": host, "packet_size": 8 * (i % 3)}, monitor_id=monitor_id,
+                                            timeout=5))
+    # go_strict: no key the Go ingester lacks
+    bodies = await run_through_worker(redis, payloads, go_strict=True, queues={"healthcheck": 1})
     assert sorted(b["monitor_id"] for b in bodies) == sorted(ids)
     for body in bodies:
         assert body["status"] == UP and RTT.match(body["message"]), body
         assert body["monitor_type"] == ("ping" if int(body["monitor_id"].split("-")[1]) % 2 else "icmp")
-
-
-async def _ingested(redis, n: int) -> bool:
-    return await redis.llen("asynq:{ingester}:pending") >= n

@@ -16,15 +16,13 @@ import struct
 import threading
 import time
 
-import psutil
 import pytest
 import uvloop
 
-import asynq_protocol as aq
 import healthcheck
-import worker
 from executors import DOWN, UP, Monitor
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
+from conftest import require, skip_or_fail
+from helpers import assert_no_secret, connections_to, healthcheck_payload, one_result_each, run_through_worker
 from pg_peers import PASSWORD, Cluster, missing_reason
 
 SHARED = "postgres://root@127.0.0.1:5432/test"  # the machine's server: trust, ssl off
@@ -34,17 +32,9 @@ NO_ROOT = ("no root certificate file is set: either provide the file with sslroo
 UNKNOWN_CA = "connection failed: tls: failed to verify certificate: x509: certificate signed by unknown authority"
 
 
-def need(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"required under CI: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    reason = missing_reason()
-    if reason:
-        need(reason)
+    require(missing_reason())
     server = Cluster()
     try:
         server.start()
@@ -58,7 +48,7 @@ def shared():
     try:
         socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
     except OSError:
-        need("no PostgreSQL listens on 127.0.0.1:5432")
+        skip_or_fail("no PostgreSQL listens on 127.0.0.1:5432")
     return SHARED
 
 
@@ -67,10 +57,6 @@ async def run(url: str, query: str = "", timeout: int = 5):
     config = json.dumps({"database_connection_string": url, "database_query": query})
     monitor = Monitor(id="m1", name="pg test", type="postgres", interval=60, timeout=timeout, config=config)
     return await healthcheck.run_check(monitor, None, float(timeout))
-
-
-def connections_to(port: int) -> list:
-    return [c for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == port]
 
 
 async def left_open(port: int) -> list:
@@ -358,17 +344,10 @@ def test_checks_on_uvloop_as_in_the_worker(cluster, open_port):
 # --------------------------------------------------------------------------------------------------
 # 100 checks through Redis and the real handler at concurrency 64
 
-@pytest.fixture
-async def client(redis):
-    broker = aq.Broker(redis)
-    yield aq.Client(broker)
-    await broker.close()
-
-
 async def test_100_tasks_at_concurrency_64_give_one_result_each_and_no_password_anywhere(cluster, shared, redis,
-                                                                                           client, caplog):
+                                                                                           caplog):
     caplog.set_level(logging.DEBUG)
-    expected = {}
+    payloads, expected = [], {}
     for i in range(100):
         if i % 4 == 0:
             url, want = cluster.url(password=WRONG_PASSWORD), (DOWN, "connection failed: FATAL #28P01 password "
@@ -380,29 +359,14 @@ async def test_100_tasks_at_concurrency_64_give_one_result_each_and_no_password_
         else:
             url, want = cluster.url(), (UP, None)
         config = {"database_connection_string": url, "database_query": "SELECT 1"}
-        await enqueue_healthcheck(client, healthcheck_payload("postgres", config, monitor_id=f"m{i}", timeout=10),
-                                  monitor_id=f"m{i}", timeout=10)
+        payloads.append(healthcheck_payload("postgres", config, monitor_id=f"m{i}", timeout=10))
         expected[f"m{i}"] = want
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 60)
-        await wait_until(lambda: _ingested(redis, 100), 10)
-    seen = {}
-    for raw in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8"))  # strict UTF-8 JSON
-        assert body["monitor_id"] not in seen and body["monitor_type"] == "postgres"
-        status, message = expected[body["monitor_id"]]
+    seen = one_result_each(await run_through_worker(redis, payloads, timeout=60))
+    assert set(seen) == set(expected)
+    for monitor_id, (status, message) in expected.items():
+        body = seen[monitor_id]
+        assert body["monitor_type"] == "postgres"
         assert body["status"] == status, body["message"]
         assert body["message"] == (message or f"Query successful, ping: {body['ping_ms']}ms")
-        produced = json.dumps({k: v for k, v in body.items() if k != "monitor_config"})  # the config is echoed as Go does
-        assert PASSWORD not in produced and WRONG_PASSWORD not in produced
-        seen[body["monitor_id"]] = body["status"]
-    assert set(seen) == set(expected)
-    assert PASSWORD not in caplog.text and WRONG_PASSWORD not in caplog.text
+    assert_no_secret((PASSWORD, WRONG_PASSWORD), seen.values(), caplog)  # the config is echoed as Go does
     assert await left_open(cluster.port) == [] and await left_open(5432) == []
-
-
-async def _ingested(redis, n: int) -> bool:
-    return await redis.llen("asynq:{ingester}:pending") >= n

@@ -15,18 +15,15 @@ import base64
 import gc
 import json
 import logging
-import os
 import time
 import warnings
 
 import pytest
-from conftest import free_port
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
+from conftest import free_port, skip_or_fail
+from helpers import assert_no_secret, cycled, one_result_each, run_through_worker, sockets_to
 from rabbit_peers import PASSWORD, USER, HttpPeer, NodeError, RabbitNode, response
 
-import asynq_protocol as aq
 import healthcheck
-import worker
 from executors import DOWN, UP, Monitor, rabbitmq
 from executors._kit.http1 import parse_url
 
@@ -42,9 +39,7 @@ def node():
     except NodeError as exc:
         if "server" in locals():
             server.stop()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"rabbitmq-server is required under CI and could not be started: {exc}")
-        pytest.skip(f"rabbitmq-server cannot run here: {exc}")
+        skip_or_fail(f"rabbitmq-server cannot run here: {exc}")
     yield server
     server.stop()
 
@@ -351,24 +346,6 @@ def test_proxy_environment_rules(monkeypatch, env, url, expected):
 # --------------------------------------------------------------------------------------------------
 # Resources
 
-def sockets_to(*ports: int) -> int:
-    """How many TCP sockets of this process have one of `ports` as their remote port."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    count = 0
-    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
-        with open(table) as fh:
-            for line in fh.readlines()[1:]:
-                fields = line.split()
-                count += fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) in ports
-    return count
-
 
 async def test_no_connection_outlives_its_check(node, open_port, hanging_port):
     before = sockets_to(node.mgmt_port, node.tls_port, open_port, hanging_port)  # hanging_port's own fillers
@@ -387,14 +364,7 @@ async def test_no_connection_outlives_its_check(node, open_port, hanging_port):
 # --------------------------------------------------------------------------------------------------
 # 100 checks through Redis and the real handler at concurrency 64
 
-@pytest.fixture
-async def client(redis):
-    broker = aq.Broker(redis)
-    yield aq.Client(broker)
-    await broker.close()
-
-
-async def test_100_tasks_at_concurrency_64_give_one_result_each(node, redis, client, caplog):
+async def test_100_tasks_at_concurrency_64_give_one_result_each(node, redis, caplog):
     caplog.set_level(logging.DEBUG)
     dead = free_port()
     cases = [
@@ -403,29 +373,8 @@ async def test_100_tasks_at_concurrency_64_give_one_result_each(node, redis, cli
         (config(f"http://127.0.0.1:{dead}", node.url()), UP, "OK"),
         (config(f"http://127.0.0.1:{dead}"), DOWN, FAILED + refused(dead)),
     ]
-    expected = {}
-    for i in range(100):
-        cfg, status, message = cases[i % len(cases)]
-        await enqueue_healthcheck(client, healthcheck_payload("rabbitmq", cfg, monitor_id=f"m{i}", timeout=5),
-                                  monitor_id=f"m{i}", timeout=5)
-        expected[f"m{i}"] = (status, message)
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 30)
-        await wait_until(lambda: _ingested(redis, 100), 10)
-    seen: dict[str, tuple] = {}
-    for raw in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8"))  # strict UTF-8 JSON
-        assert body["monitor_id"] not in seen and body["monitor_type"] == "rabbitmq"
-        produced = json.dumps({k: v for k, v in body.items() if k != "monitor_config"}, ensure_ascii=False)
-        assert PASSWORD not in produced  # only in the config echoed back, as Go does
-        seen[body["monitor_id"]] = (body["status"], body["message"])
-    assert seen == expected
-    logged = "\n".join(record.getMessage() + repr(record.args) for record in caplog.records)
-    assert PASSWORD not in logged
-
-
-async def _ingested(redis, n: int) -> bool:
-    return await redis.llen("asynq:{ingester}:pending") >= n
+    payloads, expected = cycled("rabbitmq", cases, "m")
+    seen = one_result_each(await run_through_worker(redis, payloads))
+    assert all(body["monitor_type"] == "rabbitmq" for body in seen.values())
+    assert {monitor_id: (body["status"], body["message"]) for monitor_id, body in seen.items()} == expected
+    assert_no_secret([PASSWORD], seen.values(), caplog)  # only in the config echoed back, as Go does

@@ -7,24 +7,21 @@ Go's texts; one connection per check, none left open; 100 tasks through Redis at
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
-import os
 import re
-import shutil
 import socket
 import time
 
 import pytest
 
-import asynq_protocol as aq
 import healthcheck
-import worker
+from executors._kit.redact import masked_config
 from executors import DOWN, UP, Monitor
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
+from conftest import free_port, require_program
+from helpers import assert_no_secret, healthcheck_payload, one_result_each, run_through_worker
 from redis_exec_peers import (ALICE, ALICE_PASSWORD, ALL_PASSWORDS, CAROL, CAROL_PASSWORD, PASSWORD,
-                              SCRIPTED_PASSWORD, Pki, RedisPeer, ScriptedServer, _pack, free_port)
+                              SCRIPTED_PASSWORD, Pki, RedisPeer, ScriptedServer, _pack)
 
 PONG = "Redis ping successful: PONG"
 WRONGPASS = "Redis ping failed: WRONGPASS invalid username-password pair or user is disabled."
@@ -36,16 +33,9 @@ FORMAT = ("invalid connection string format. Expected: redis://[user:password@]h
 MARGIN = 0.5  # seconds a check may end after its timeout
 
 
-def _require_redis_server() -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is required under CI")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-
-
 @pytest.fixture(scope="module")
 def pki():
-    _require_redis_server()
+    require_program("redis-server", "redis-server")
     p = Pki.create()
     yield p
     p.remove()
@@ -351,37 +341,19 @@ def mixed_case(i: int, server, pki) -> tuple[dict, int, str]:
 
 async def test_100_tasks_through_redis_at_concurrency_64(redis, server, pki, caplog):
     caplog.set_level(logging.DEBUG)
-    broker = aq.Broker(redis)
-    client = aq.Client(broker)
     cases = {f"redis-{i}": mixed_case(i, server, pki) for i in range(100)}
-    for monitor_id, (config, _, _) in cases.items():
-        await enqueue_healthcheck(client, healthcheck_payload("redis", config, monitor_id=monitor_id, timeout=5),
-                                  monitor_id=monitor_id, timeout=5)
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 30)
-        await wait_until(lambda: _no_leases(redis), 10)
-    results = collections.defaultdict(list)
-    for task_id in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", task_id.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8", "strict"))
-        assert body["monitor_type"] == "redis" and {"status", "message", "ping_ms", "start_time"} <= set(body)
-        results[body["monitor_id"]].append(body)
-    await broker.close()
+    bodies = await run_through_worker(redis, [healthcheck_payload("redis", config, monitor_id=monitor_id, timeout=5)
+                                              for monitor_id, (config, _, _) in cases.items()])
+    results = one_result_each(bodies)
     assert sorted(results) == sorted(cases)
     for monitor_id, (config, status, message) in cases.items():
-        [body] = results[monitor_id]
+        body = results[monitor_id]
+        assert body["monitor_type"] == "redis" and {"status", "message", "ping_ms", "start_time"} <= set(body)
         assert (body["status"], body["message"]) == (status, message), monitor_id
-        # the task's own config comes back in monitor_config, as the Go worker sends it; nothing else has a password
-        assert json.loads(body.pop("monitor_config")) == config
-        assert not any(p in json.dumps(body) for p in ALL_PASSWORDS), monitor_id
-    assert caplog.records and not any(p in caplog.text for p in ALL_PASSWORDS)
+        # the task's own config comes back in monitor_config, secrets masked
+        assert body["monitor_config"] == masked_config(json.dumps(config))
+    assert_no_secret(ALL_PASSWORDS, bodies, caplog, logged=True)
     deadline = time.time() + 3
     while server.info("connected_clients") != 1 and time.time() < deadline:
         await asyncio.sleep(0.05)
     assert server.info("connected_clients") == 1
-
-
-async def _no_leases(redis) -> bool:
-    return not await redis.exists("asynq:{healthcheck}:lease")

@@ -6,7 +6,6 @@ timeout, passphrases kept out of results, and 100 tasks through Redis at concurr
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import os
 import re
@@ -15,12 +14,10 @@ import time
 
 import pytest
 
-import asynq_protocol as aq
 import healthcheck
-import worker
 from executors import DOWN, UP, Monitor
 from executors._kit import snmp_values as ber
-from helpers import enqueue_healthcheck, healthcheck_payload, queue_empty, running_server, wait_until
+from helpers import INGEST_KEYS, assert_no_secret, healthcheck_payload, one_result_each, run_through_worker
 from snmp_peers import BASE, COMMUNITY, SYS_CONTACT, USERS, VALUES, SilentPort, agent, v3_community
 
 SYS_DESCR, SYS_OBJECT_ID, SYS_UPTIME, SYS_CONTACT_OID = (f"1.3.6.1.2.1.1.{n}.0" for n in (1, 2, 3, 4))
@@ -29,9 +26,7 @@ IP_AD_ENT_ADDR = "1.3.6.1.2.1.4.20.1.1.127.0.0.1"  # ipAdEntAddr of 127.0.0.1: a
 IF_HC_IN_OCTETS = "1.3.6.1.2.1.31.1.1.1.6.1"  # ifHCInOctets of interface 1 (lo): a Counter64
 SNMP_IN_PKTS = "1.3.6.1.2.1.11.1.0"  # a Counter32 that keeps counting
 MARGIN = 0.3  # seconds a check may run past its budget before a test calls it late
-INGEST_KEYS = ["monitor_id", "monitor_name", "monitor_type", "monitor_interval", "monitor_timeout",
-               "monitor_max_retries", "monitor_retry_interval", "monitor_resend_interval", "monitor_config",
-               "status", "message", "ping_ms", "start_time", "end_time", "is_under_maintenance", "check_cert_expiry"]
+
 
 
 @pytest.fixture(scope="module")
@@ -337,33 +332,18 @@ def mixed_case(i: int, port: int) -> tuple[dict, int, str]:
 
 
 async def test_100_tasks_through_redis_at_concurrency_64(redis, port):
-    broker = aq.Broker(redis)
-    client = aq.Client(broker)
     cases = {f"snmp-{i}": mixed_case(i, port) for i in range(100)}
-    for monitor_id, (cfg, _, _) in cases.items():
-        await enqueue_healthcheck(client, healthcheck_payload("snmp", cfg, monitor_id=monitor_id, timeout=5),
-                                  monitor_id=monitor_id, timeout=5)
-    handlers = {worker.HEALTHCHECK_TASK: healthcheck.healthcheck_handler(client)}
-    async with running_server(redis, handlers, concurrency=64):
-        await wait_until(lambda: queue_empty(redis, "healthcheck"), 30)
-        await wait_until(lambda: _no_leases(redis), 10)
-    results = collections.defaultdict(list)
-    for task_id in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", task_id.decode()), "msg"))
-        body = json.loads(msg.payload.decode("utf-8", "strict"))
+    bodies = await run_through_worker(redis, [healthcheck_payload("snmp", cfg, monitor_id=monitor_id, timeout=5)
+                                              for monitor_id, (cfg, _, _) in cases.items()])
+    for body in bodies:
         assert list(body) == INGEST_KEYS and body["monitor_type"] == "snmp"
-        results[body["monitor_id"]].append(body)
-    await broker.close()
+    results = one_result_each(bodies)
     assert sorted(results) == sorted(cases)
     for monitor_id, (_, status, message) in cases.items():
-        [body] = results[monitor_id]
+        body = results[monitor_id]
         assert (body["status"], body["message"]) == (status, message), monitor_id
-        assert "wrong-pass-1" not in json.dumps(body["message"])
+    assert_no_secret(["wrong-pass-1"], bodies)
 
-
-async def _no_leases(redis) -> bool:
-    return not await redis.exists("asynq:{healthcheck}:lease")
 
 
 def test_silent_port_counts_datagrams():

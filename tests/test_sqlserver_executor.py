@@ -9,38 +9,25 @@ routing, failover, silent peers, cancellation, and 100 tasks through a private R
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
-import os
 import re
 import time
 
 import pytest
+from conftest import require_modules
 
+require_modules("pytds", "trustme", install="pip install '.[databases,test]'")
 
-def _need(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{module} is required under CI (pip install '.[databases,test]')", pytrace=False)
-        pytest.skip(f"{module} is not installed", allow_module_level=True)
-
-
-for _module in ("pytds", "trustme"):
-    _need(_module)
-
-from helpers import enqueue_healthcheck, healthcheck_payload, running_server, wait_until
+from helpers import assert_no_secret, cycled, one_result_each, run_through_worker, wait_until
 from http_peers import certs
 from tds_server import CLOSE, HANG, BrowserServer, Error, Rows, TDSServer, wait_closed
 
-import asynq_protocol as aq
 import healthcheck
 import worker
+from executors._kit.redact import masked_config
 from executors import DOWN, UP, Monitor, sqlserver
 from executors._kit import tds
-from executors._kit.gojson import decode_struct
 
 PASSWORD = "Tds-Secret-7731"  # must never appear in a result or a log line
 MARGIN = 0.5  # a check must end within its timeout plus this
@@ -427,12 +414,6 @@ async def test_no_connection_outlives_its_check(servers):
 
 # --- through the worker ---------------------------------------------------------------------------------
 
-INGEST_SCHEMA = {"monitor_id": str, "monitor_name": str, "monitor_type": str, "monitor_interval": int,
-                 "monitor_timeout": int, "monitor_max_retries": int, "monitor_retry_interval": int,
-                 "monitor_resend_interval": int, "monitor_config": str, "status": int, "message": str,
-                 "ping_ms": int, "start_time": str, "end_time": str, "is_under_maintenance": bool,
-                 "tls_info": dict, "check_cert_expiry": bool}
-
 
 async def test_100_tasks_through_redis_at_concurrency_64_give_one_strict_result_each(redis, servers, closed_port,
                                                                                      caplog):
@@ -446,37 +427,15 @@ async def test_100_tasks_through_redis_at_concurrency_64_give_one_strict_result_
              ({"database_connection_string": ado(servers["plain"]), "database_query": "select * from missing"}, DOWN),
              ({"database_connection_string": f"sqlserver://sa:{PASSWORD}@127.0.0.1:{closed_port}/master",
                "database_query": "SELECT 1"}, DOWN)]
-    broker = aq.Broker(redis)
-    client = aq.Client(broker)
-    expected = {}
-    for i in range(100):
-        config, status = cases[i % len(cases)]
-        monitor_id = f"mssql-{i}"
-        expected[monitor_id] = status
-        await enqueue_healthcheck(client, healthcheck_payload("sqlserver", config, monitor_id=monitor_id, timeout=5),
-                                  monitor_id=monitor_id, timeout=5)
-    handler = healthcheck.healthcheck_handler(client)
-    async with running_server(redis, {"monitor:healthcheck": handler}, concurrency=64):
-        async def all_done() -> bool:
-            return await redis.llen("asynq:{ingester}:pending") >= 100
-        await wait_until(all_done, timeout=30)
-        await asyncio.sleep(0.2)  # nothing more may arrive
-    seen: dict[str, int] = {}
-    for raw_id in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw_id.decode()), "msg"))
-        text = msg.payload.decode("utf-8")
-        body = decode_struct(text, INGEST_SCHEMA, "ingester.Payload", strict=True)
+    payloads, expected = cycled("sqlserver", cases, "mssql-")
+    seen = one_result_each(await run_through_worker(redis, payloads, go_strict=True))
+    for body in seen.values():
         assert body["monitor_type"] == "sqlserver" and body["message"]
-        assert body["monitor_id"] not in seen
-        seen[body["monitor_id"]] = body["status"]
-        # monitor_config is the task's config verbatim (spec: as Go's); nothing the worker adds has the password
-        assert json.loads(body.pop("monitor_config")) in [c for c, _ in cases]
-        assert PASSWORD not in json.dumps(body)
+        # monitor_config is the task's config with its secrets masked
+        assert body["monitor_config"] in [masked_config(json.dumps(c)) for c, _ in cases]
         if body["status"] == UP:
             assert UP_TEXT.match(body["message"]), body["message"]
-    await broker.close()
-    assert seen == expected
-    assert PASSWORD not in caplog.text
+    assert {monitor_id: body["status"] for monitor_id, body in seen.items()} == expected
+    assert_no_secret([PASSWORD], seen.values(), caplog)  # nothing the worker adds has the password
     for name in ("plain", "offer", "require"):
         assert await asyncio.to_thread(wait_closed, servers[name], 2.0), name

@@ -7,33 +7,18 @@ and 100 tasks through a private Redis at concurrency 64.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import importlib
 import json
-import os
 import time
 
 import pytest
+from conftest import require_modules
 
+require_modules("websockets", "trustme", "pproxy", install="pip install '.[test]'")
 
-def _need(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{module} is required under CI (pip install '.[test]')", pytrace=False)
-        pytest.skip(f"{module} is not installed", allow_module_level=True)
-
-
-for _module in ("websockets", "trustme", "pproxy"):
-    _need(_module)
-
-import asynq_protocol as aq
 import healthcheck
 from executors import DOWN, UP, Monitor
-from executors._kit.gojson import decode_struct
-from helpers import enqueue_healthcheck, healthcheck_payload, running_server, wait_until
+from helpers import cycled, one_result_each, run_through_worker
 from http_peers import Hostile, ProxyServer, Tap, certs, peer
 from ws_peers import RawPeer, peers
 
@@ -338,12 +323,6 @@ async def test_url_keys_match_case_insensitively(ws):
 
 # --- through Redis --------------------------------------------------------------------------------------
 
-INGEST_SCHEMA = {"monitor_id": str, "monitor_name": str, "monitor_type": str, "monitor_interval": int,
-                 "monitor_timeout": int, "monitor_max_retries": int, "monitor_retry_interval": int,
-                 "monitor_resend_interval": int, "monitor_config": str, "status": int, "message": str,
-                 "ping_ms": int, "start_time": str, "end_time": str, "is_under_maintenance": bool,
-                 "tls_info": dict, "check_cert_expiry": bool}
-
 
 async def test_100_tasks_through_redis_at_concurrency_64_give_one_strict_result_each(redis, ws, trusted, closed_port):
     cases = [({"url": ws.url(), "send": "hi", "keyword": "hi"}, UP),
@@ -351,28 +330,7 @@ async def test_100_tasks_through_redis_at_concurrency_64_give_one_strict_result_
              ({"url": ws.url(path="/close/1008")}, DOWN),
              ({"url": f"ws://127.0.0.1:{closed_port}/"}, DOWN),
              ({"url": peer("http").url("/status/200").replace("http://", "ws://")}, DOWN)]
-    broker = aq.Broker(redis)
-    client = aq.Client(broker)
-    expected = {}
-    for i in range(100):
-        config, status = cases[i % len(cases)]
-        monitor_id = f"ws-{i}"
-        expected[monitor_id] = status
-        await enqueue_healthcheck(client, healthcheck_payload("websocket", config, monitor_id=monitor_id, timeout=5),
-                                  monitor_id=monitor_id, timeout=5)
-    handler = healthcheck.healthcheck_handler(client)
-    async with running_server(redis, {"monitor:healthcheck": handler}, concurrency=64):
-        async def all_done() -> bool:
-            return await redis.llen("asynq:{ingester}:pending") >= 100
-        await wait_until(all_done, timeout=30)
-        await asyncio.sleep(0.2)  # nothing more may arrive
-    seen: dict[str, int] = {}
-    for raw_id in await redis.lrange("asynq:{ingester}:pending", 0, -1):
-        msg = aq.TaskMessage()
-        msg.ParseFromString(await redis.hget(aq.task_key("ingester", raw_id.decode()), "msg"))
-        body = decode_struct(msg.payload.decode("utf-8"), INGEST_SCHEMA, "ingester.Payload", strict=True)
-        assert body["monitor_type"] == "websocket" and body["message"]
-        assert body["monitor_id"] not in seen
-        seen[body["monitor_id"]] = body["status"]
-    await broker.close()
-    assert seen == expected
+    payloads, expected = cycled("websocket", cases, "ws-")
+    seen = one_result_each(await run_through_worker(redis, payloads, go_strict=True))
+    assert all(body["monitor_type"] == "websocket" and body["message"] for body in seen.values())
+    assert {monitor_id: body["status"] for monitor_id, body in seen.items()} == expected

@@ -21,6 +21,8 @@ import hashlib
 import socket
 import threading
 
+from conftest import TcpPeer
+
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -103,7 +105,7 @@ class WSPeers:
         self.thread.join(10)
 
 
-class RawPeer:
+class RawPeer(TcpPeer):
     """A socket server speaking just enough of the upgrade to misbehave: `bad-accept` answers 101 with
     a wrong Sec-WebSocket-Accept; `no-close` completes the upgrade correctly, then never reads or
     writes again (a close frame sent to it is never answered); `http10-open` answers
@@ -111,28 +113,12 @@ class RawPeer:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(128)
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(backlog=128)
 
     def url(self, path: str = "/") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:  # the accept timeout (TimeoutError) included
-                continue
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         try:
             head = b""
@@ -148,27 +134,18 @@ class RawPeer:
                     key = value.strip()
             if self.kind == "http10-open":
                 conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>still loading")
-                self.stop.wait(30)
+                self.stopped.wait(30)
                 return
             accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
             if self.kind == "bad-accept":
                 accept = base64.b64encode(hashlib.sha1(b"not the key" + GUID).digest())
             conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                          b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-            self.stop.wait(30)  # keep the connection open and silent
+            self.stopped.wait(30)  # keep the connection open and silent
         except OSError:
             pass
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-        for conn in self.conns:
-            try:
-                conn.close()
-            except OSError:
-                pass
 
 
 _shared: dict[str, object] = {}
