@@ -15,7 +15,7 @@ this machine (no Go toolchain), so the old worker is the baseline.
   4. pickup      enqueue -> dequeue at idle, median and max, and the Redis commands per second an idle
                  worker sends (target: median <= 50 ms, no more than 14.9 commands/s).
 
-    python bench/report.py [--reference REV] [--checks 3000] [--tasks 10000] [--runs 3] [--rounds 30]
+    python bench/report.py [--reference REV] [--checks 3000] [--tasks 20000] [--runs 3] [--rounds 30]
         [--binary dist/peekaping-worker] [--skip fidelity,throughput,memory,pickup]
 
 Takes about 6 minutes with the defaults. Needs redis-server on PATH and git.
@@ -71,18 +71,21 @@ def section_fidelity(trees: dict[str, Path], checks: int) -> list[str]:
     return lines
 
 
-def section_throughput(trees: dict[str, Path], tasks: int, runs: int) -> list[str]:
+def section_throughput(reference: str, tasks: int, runs: int) -> list[str]:
+    """Each worker runs from a byte-compiled copy (bench_http.worker_copy): with PYTHONDONTWRITEBYTECODE
+    set, a worker run from the tree would compile its executors inside the measured window."""
+    copies = {"this tree": bench_http.worker_copy(None), "reference": bench_http.worker_copy(reference)}
     target, port = bench_http.start_target()
     config = bench_http.form_config(f"http://127.0.0.1:{port}/")
     redis = PrivateRedis()
-    per: dict[str, list[tuple[float, float]]] = {label: [] for label in trees}
+    per: dict[str, list[tuple[float, float]]] = {label: [] for label in copies}
     lines = [f"2. throughput: {tasks} http checks per run, concurrency 128, {runs} alternated runs",
              f"   {'':<10} {'checks/s':>9} {'CPU ms/check':>13}"]
     try:
         for _ in range(runs):
-            for label, root in trees.items():
+            for label, (command, _) in copies.items():
                 figures = drain(redis, [(f"m{i}", payload(f"m{i}", "http", config)) for i in range(tasks)], 128,
-                                [sys.executable, str(root / "worker.py")])
+                                command)
                 per[label].append((figures.per_second, figures.worker_cpu / figures.checks * 1000))
                 lines.append(f"   {label:<10} {per[label][-1][0]:9.0f} {per[label][-1][1]:13.3f}")
                 print(lines[-1], flush=True)
@@ -90,6 +93,8 @@ def section_throughput(trees: dict[str, Path], tasks: int, runs: int) -> list[st
         redis.close()
         target.terminate()
         target.wait()
+        for _, folder in copies.values():
+            shutil.rmtree(folder, ignore_errors=True)
     for label, rows in per.items():
         cpu = statistics.median(r[1] for r in rows)
         mark = f"   below {TARGETS['cpu_ms']}: {verdict(cpu < TARGETS['cpu_ms'])}" if label == "this tree" else ""
@@ -133,7 +138,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", default="f025a4a", metavar="REV")
     parser.add_argument("--checks", type=int, default=3000, help="fidelity checks per row")
-    parser.add_argument("--tasks", type=int, default=10000, help="throughput checks per run")
+    parser.add_argument("--tasks", type=int, default=20000, help="throughput checks per run")
     parser.add_argument("--runs", type=int, default=3, help="alternated throughput runs")
     parser.add_argument("--rounds", type=int, default=30, help="pickup rounds")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of MONITOR for idle commands/s")
@@ -151,7 +156,7 @@ def main() -> int:
         if "fidelity" not in skip:
             report += section_fidelity(trees, args.checks)
         if "throughput" not in skip:
-            report += section_throughput(trees, args.tasks, args.runs)
+            report += section_throughput(args.reference, args.tasks, args.runs)
         if "memory" not in skip:
             commands = {"installed": startup.installed_command()}
             if os.path.exists(args.binary):

@@ -311,6 +311,46 @@ def step_check_tcp(cmd: list[str], workdir: str) -> None:
     ok(f"check tcp: {out.stdout.strip()}")
 
 
+# Each executor's library code paths in the bundle (drivers import parts of themselves lazily, which
+# PyInstaller's analysis can miss): a check against a closed port must end DOWN with the Go-style text.
+REFUSED_CHECKS = {
+    "dns": ({"host": "example.com", "resolver_server": "127.0.0.1", "port": "{port}", "resolve_type": "A"},
+            "DNS lookup failed: lookup example.com on 127.0.0.1:{port}"),
+    "snmp": ({"host": "127.0.0.1", "port": "{port}", "community": "u:SHA-256:passphrase1:AES:passphrase2",
+              "snmp_version": "v3", "oid": "1.3.6.1.2.1.1.1.0"}, "SNMP GET failed: "),
+    "grpc-keyword": ({"grpcUrl": "127.0.0.1:{port}", "grpcServiceName": "Health", "grpcMethod": "check",
+                      "grpcBody": "{}"}, "gRPC call failed: UNAVAILABLE: dial tcp 127.0.0.1:{port}"),
+    "websocket": ({"url": "ws://127.0.0.1:{port}/"}, "WebSocket upgrade failed: dial tcp 127.0.0.1:{port}"),
+    "postgres": ({"database_connection_string": "postgres://u:pw@127.0.0.1:{port}/db", "database_query": ""},
+                 "connection failed: "),
+    "mysql": ({"connection_string": "mysql://u:pw@127.0.0.1:{port}/db", "query": ""}, "MySQL query failed: "),
+    "sqlserver": ({"database_connection_string": "Server=127.0.0.1,{port};Database=d;User Id=sa;Password=pw;",
+                   "database_query": ""}, "connection failed: "),
+    "mongodb": ({"connectionString": "mongodb://127.0.0.1:{port}/admin", "command": ""}, "MongoDB command failed"),
+    "redis": ({"databaseConnectionString": "redis://127.0.0.1:{port}"}, "Redis ping failed: "),
+    "mqtt": ({"hostname": "127.0.0.1", "port": "{port}", "topic": "t", "check_type": "json-query",
+              "json_path": "a", "expected_value": "1"}, "MQTT connection failed: "),
+    "rabbitmq": ({"nodes": ["http://127.0.0.1:{port}"], "username": "u", "password": "p"},
+                 "All RabbitMQ nodes failed"),
+    "kafka-producer": ({"brokers": ["127.0.0.1:{port}"], "topic": "t", "message": "m"},
+                       "Failed to create Kafka producer: "),
+}
+
+
+def step_refused_checks(cmd: list[str], workdir: str) -> None:
+    closed = free_port()
+    done = []
+    for monitor_type, (config, expected) in REFUSED_CHECKS.items():
+        text = json.dumps(config).replace('"{port}"', str(closed)).replace("{port}", str(closed))
+        out = run(cmd + ["check", monitor_type, text, "--timeout", "3"], cwd=workdir)
+        want = expected.replace("{port}", str(closed))
+        if out.returncode != 1 or not out.stdout.startswith("DOWN") or want not in out.stdout:
+            raise Failure(f"check {monitor_type} (closed port) exited {out.returncode}: {out.stdout.strip()} "
+                          f"{out.stderr.strip()[-500:]}")
+        done.append(monitor_type)
+    ok(f"checks against a closed port end DOWN with the expected text: {', '.join(done)}")
+
+
 def serve_text(body: bytes, cert: str | None = None, key: str | None = None):
     """A threaded HTTP server on a free loopback port, serving from a daemon thread, that answers every GET
     with `body` as text/plain; HTTPS with `cert` and `key`. Stop it with shutdown() and server_close()."""
@@ -541,6 +581,7 @@ def main(argv: list[str]) -> int:
         step_bundle(binary)
         step_import_executors(cmd, types, workdir)
         step_check_tcp(cmd, workdir)
+        step_refused_checks(cmd, workdir)
         step_check_http(cmd, types, workdir)
         step_worker(cmd, workdir)
     except Failure as exc:
