@@ -9,37 +9,65 @@ config with nothing to mask is returned unchanged, byte for byte.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from typing import Any
+
+from executors._kit.limits import BoundedCache
 
 MASK = "xxxxx"
 # Field names that hold a secret: password, passwd, pass, secret, token, community (SNMP), a key
 # (`tls_key`, `clientKey`, `key`) but not `keyword` or `key_path`-like names.
 _SECRET_FIELD = re.compile(r"(?i)(pass(word|wd)?|secret|token|community|credentials?)$|(^|_)key$|"
                            r"(client|private|tls|api|access|sasl)_?key$|^(pass(word)?|secret|token)")
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*:)(?P<password>[^/?#@\s]*)(?=@)")
+# Linear on hostile text: a scheme starts only where no scheme character precedes it, and is at most 32
+# characters long.
+_URL_PASSWORD = re.compile(r"(?<![A-Za-z0-9+.-])(?P<head>[A-Za-z][A-Za-z0-9+.-]{0,31}://[^/?#@:\s]*:)"
+                           r"(?P<password>[^/?#@\s]*)(?=@)")
 _PAIR_PASSWORD = re.compile(r"(?i)(?P<head>(?:^|;)\s*(?:password|pwd)\s*=\s*)(?P<password>[^;]*)")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&](?:password|sslpassword)=)(?P<password>[^&#]*)")
 # A cheap first look: a config without any of these cannot hold a secret this module would mask.
 _HINT = re.compile(r"(?i)pass|pwd|secret|token|community|key|credential|@")
 
 
+# The same monitors come back every interval; configs over 16 KiB are masked afresh each time (a burst of
+# large distinct configs must not stay in memory).
+_cache = BoundedCache(max_bytes=4 << 20, max_entries=1024, max_item=48 << 10)
+_CACHED_UP_TO = 16 << 10
+
+
+_HINTS = ("pass", "pwd", "secret", "token", "community", "key", "credential", "@")
+
+
 def masked_config(config: str) -> str:
     """`config` with its secrets replaced by `xxxxx` (the same string when there are none)."""
-    if not config or not _HINT.search(config):
+    if not config:
         return config
-    return _masked(config)
+    if len(config) > _CACHED_UP_TO:  # plain substring tests: a case-blind regex crawls over megabytes
+        lowered = config.lower()
+        return _masked(config) if any(hint in lowered for hint in _HINTS) else config
+    if not _HINT.search(config):
+        return config
+    found = _cache.get(config)
+    if found is None:
+        found = _masked(config)
+        _cache.put(config, found, 2 * len(config) + (len(found) if found is not config else 0) + 200)
+    return found
 
 
-@functools.lru_cache(maxsize=1024)  # the same monitors come back every interval
+# A config this large is masked as text (a JSON parse and re-encode of megabytes would hold the event loop).
+_PARSED_UP_TO = 64 << 10
+_FIELD_TEXT = re.compile(r'"(?P<name>[A-Za-z0-9_]{1,64})"\s*:\s*"(?P<value>[^"\\]*(?:\\.[^"\\]*)*)"')
+
+
 def _masked(config: str) -> str:
+    if len(config) > _PARSED_UP_TO:
+        return _mask_text(_FIELD_TEXT.sub(_masked_field, config) if '":' in config else config)
     try:
         document = json.loads(config)
+        masked, changed = _walk(document, "")
     except (ValueError, RecursionError):
-        return _mask_text(config)  # not JSON: mask what a connection string would show
-    masked, changed = _walk(document, "")
+        return _mask_text(config)  # not JSON (or nested past the recursion limit): mask it as text
     if not changed:
         return config
     return json.dumps(masked, ensure_ascii=False, separators=(",", ":"))
@@ -64,6 +92,21 @@ def _walk(value: Any, field: str) -> tuple[Any, bool]:
 
 
 def _mask_text(text: str) -> str:
-    for pattern in (_URL_PASSWORD, _PAIR_PASSWORD, _QUERY_PASSWORD):
-        text = pattern.sub(lambda m: m["head"] + (MASK if m["password"] else ""), text)
+    if "@" in text and "://" in text:
+        text = _URL_PASSWORD.sub(_masked_match, text)
+    if "=" in text:
+        lowered = text.lower()
+        if "password" in lowered or "pwd" in lowered:
+            text = _PAIR_PASSWORD.sub(_masked_match, text)
+            text = _QUERY_PASSWORD.sub(_masked_match, text)
     return text
+
+
+def _masked_field(m: re.Match) -> str:
+    if m["value"] and _SECRET_FIELD.search(m["name"]):
+        return m.group(0)[:m.start("value") - m.start()] + MASK + '"'
+    return m.group(0)
+
+
+def _masked_match(m: re.Match) -> str:
+    return m["head"] + (MASK if m["password"] else "")
