@@ -36,23 +36,45 @@ _cache = BoundedCache(max_bytes=4 << 20, max_entries=1024, max_item=48 << 10)
 _CACHED_UP_TO = 16 << 10
 
 
-_HINTS = ("pass", "pwd", "secret", "token", "community", "key", "credential", "@")
+_HINTS = ("pass", "Pass", "PASS", "pwd", "Pwd", "PWD", "secret", "Secret", "SECRET", "token", "Token", "TOKEN",
+          "community", "Community", "key", "Key", "KEY", "credential", "Credential", "@")
 
 
 def masked_config(config: str) -> str:
     """`config` with its secrets replaced by `xxxxx` (the same string when there are none)."""
     if not config:
         return config
-    if len(config) > _CACHED_UP_TO:  # plain substring tests: a case-blind regex crawls over megabytes
-        lowered = config.lower()
-        return _masked(config) if any(hint in lowered for hint in _HINTS) else config
+    if len(config) > _PARSED_UP_TO:
+        return _masked_large(config)
     if not _HINT.search(config):
         return config
+    if len(config) > _CACHED_UP_TO:
+        return _masked(config)
     found = _cache.get(config)
     if found is None:
         found = _masked(config)
         _cache.put(config, found, 2 * len(config) + (len(found) if found is not config else 0) + 200)
     return found
+
+
+def _masked_large(config: str) -> str:
+    """A config of megabytes, masked as text without copying it unless there is a secret: a JSON parse,
+    a lower-cased copy or a rebuilt string per check would churn the heap (and hold the event loop)."""
+    if not any(hint in config for hint in _HINTS):
+        return config
+    spans = [m.span("value") for m in _FIELD_TEXT.finditer(config)
+             if m.end("value") > m.start("value") and _SECRET_FIELD.search(m["name"])]
+    if spans:
+        parts, at = [], 0
+        for start, end in spans:
+            parts += [config[at:start], MASK]
+            at = end
+        parts.append(config[at:])
+        config = "".join(parts)
+    if ("@" in config and "://" in config) or "assword" in config or "ASSWORD" in config or "wd=" in config \
+            or "WD=" in config:
+        config = _mask_text(config)
+    return config
 
 
 # A config this large is masked as text (a JSON parse and re-encode of megabytes would hold the event loop).
@@ -61,8 +83,6 @@ _FIELD_TEXT = re.compile(r'"(?P<name>[A-Za-z0-9_]{1,64})"\s*:\s*"(?P<value>[^"\\
 
 
 def _masked(config: str) -> str:
-    if len(config) > _PARSED_UP_TO:
-        return _mask_text(_FIELD_TEXT.sub(_masked_field, config) if '":' in config else config)
     try:
         document = json.loads(config)
         masked, changed = _walk(document, "")
@@ -100,12 +120,6 @@ def _mask_text(text: str) -> str:
             text = _PAIR_PASSWORD.sub(_masked_match, text)
             text = _QUERY_PASSWORD.sub(_masked_match, text)
     return text
-
-
-def _masked_field(m: re.Match) -> str:
-    if m["value"] and _SECRET_FIELD.search(m["name"]):
-        return m.group(0)[:m.start("value") - m.start()] + MASK + '"'
-    return m.group(0)
 
 
 def _masked_match(m: re.Match) -> str:
