@@ -35,7 +35,7 @@ from pymysql.protocol import MysqlPacket
 from executors import DOWN, UP, Monitor, Result
 from executors._kit import ed25519, timing as _timing, tls as _tls
 from executors._kit.gojson import decode_config
-from executors._kit.gotext import is_domain_name, join_host_port, os_error_text, resolver_suffix
+from executors._kit.gotext import literal_address, is_domain_name, join_host_port, os_error_text, resolver_suffix
 from executors._kit.http1 import GoError, go_quote, parse_url
 from executors._kit.mysql_dsn import Options, parse_options
 
@@ -280,7 +280,7 @@ class _Connection(aiomysql.Connection):
         host, port = self.target.host, self.target.port
         if port > 65535:
             raise _Failure(f"dial tcp: address {port}: invalid port")
-        infos = _literal_address(host, port)
+        infos = literal_address(host, port)
         if infos is None:
             suffix = resolver_suffix()
             if not is_domain_name(host):  # Go answers without asking DNS
@@ -480,15 +480,6 @@ class _Connection(aiomysql.Connection):
             raw.abort()
 
 
-def _literal_address(host: str, port: int) -> list | None:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        address = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
-        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
-    return None
 
 
 def _ssl_request(client_flag: int) -> bytes:

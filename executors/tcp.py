@@ -14,7 +14,7 @@ import time
 from executors import DOWN, UP, Monitor, Result
 from executors._kit import timing as _timing
 from executors._kit.gojson import decode_config
-from executors._kit.gotext import is_domain_name, join_host_port, os_error_text, resolver_suffix
+from executors._kit.gotext import literal_address, is_domain_name, join_host_port, os_error_text, resolver_suffix
 
 SCHEMA = {"host": str, "port": int}  # Go's TCPConfig; decoding and `peekaping-worker types` read it
 FIELDS = {  # field -> what it means (for `peekaping-worker types`)
@@ -50,7 +50,7 @@ async def _dial(host: str, port: int) -> int:
     loop = asyncio.get_running_loop()
     if not 0 <= port <= 65535:
         raise _DialError(f"dial tcp: address {port}: invalid port")
-    infos = _literal_address(host, port)
+    infos = literal_address(host, port)
     if infos is None:  # a name: resolve it (in a thread, as the system resolver blocks)
         # Go answers this without asking DNS (after /etc/hosts, which is not consulted here for such names)
         if host and not is_domain_name(host):
@@ -70,15 +70,3 @@ async def _dial(host: str, port: int) -> int:
         finally:
             sock.close()
     raise last or _DialError(f"dial tcp: lookup {host}: no such host")
-
-
-def _literal_address(host: str, port: int) -> list | None:
-    """getaddrinfo's answer for an IP literal, computed without the resolver thread pool."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        address = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
-        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
-    return None

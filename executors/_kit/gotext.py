@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from datetime import datetime, timezone
 
@@ -196,3 +197,15 @@ def canonical_key(name: str) -> str:
         out.append(ch.upper() if upper else ch.lower())
         upper = ch == "-"
     return "".join(out)
+
+
+def literal_address(host: str, port: int) -> list | None:
+    """getaddrinfo's answer for an IP literal, computed without the resolver thread pool."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        address = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)]
+    return None
